@@ -1,0 +1,156 @@
+"""
+segcls's configuration: one ``add_segcls_config(cfg)`` that adds every segcls key, with its
+default and meaning, to a detectron2 ``CfgNode``. Keys detectron2 already defines keep their
+detectron2 meaning; their segcls defaults are set here and documented.
+
+Method-specific keys (CAR, CAC, ...) live next to the method, in a ``add_<method>_config(cfg)``
+of its module, and are called from here, so the whole tree is always known to the config parser
+(an unknown key in a yaml or on the command line is an error naming the key).
+"""
+from detectron2.config import CfgNode as CN
+
+
+def add_segcls_config(cfg):
+    """Add segcls's keys to ``cfg`` (a detectron2 ``CfgNode``, e.g. from ``get_cfg()``) in place."""
+    # ---------------------------------------------------------------------------------------------
+    # Model: backbone -> decode head -> pixel feature -> classifier -> logits (PerPixelSegmentor)
+    # ---------------------------------------------------------------------------------------------
+    cfg.MODEL.META_ARCHITECTURE = "PerPixelSegmentor"
+    # Images are normalised inside the model: (image - PIXEL_MEAN) / PIXEL_STD, in INPUT.FORMAT order.
+    # Default: ImageNet RGB statistics, as torchvision/timm/mmsegmentation backbones expect.
+    cfg.INPUT.FORMAT = "RGB"
+    cfg.MODEL.PIXEL_MEAN = [123.675, 116.28, 103.53]
+    cfg.MODEL.PIXEL_STD = [58.395, 57.12, 57.375]
+    # MODEL.SEM_SEG_HEAD.NUM_CLASSES: number of classes K. IGNORE_VALUE: label value that takes no
+    # part in losses or metrics (255 for every dataset segcls registers).
+    cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES = 150
+    cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE = 255
+
+    # Backbone. "build_resnet_dilated_backbone": detectron2's ResNet (depth 18/34 basic blocks,
+    # 50/101/152 bottlenecks) with dilation so that res4/res5 keep MODEL.RESNETS.OUTPUT_STRIDE.
+    cfg.MODEL.BACKBONE.NAME = "build_resnet_dilated_backbone"
+    cfg.MODEL.BACKBONE.FREEZE_AT = 0
+    cfg.MODEL.RESNETS.DEPTH = 50
+    cfg.MODEL.RESNETS.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
+    cfg.MODEL.RESNETS.NORM = "BN"  # "BN", "SyncBN", "FrozenBN", "GN"
+    cfg.MODEL.RESNETS.STRIDE_IN_1X1 = False  # torchvision/pytorch-style bottleneck (stride in 3x3)
+    # Output stride of the deepest feature: 8 (res4 dilation 2, res5 dilation 4), 16 (res5
+    # dilation 2) or 32 (no dilation). DeepLab, PSPNet and the CAR/CAC papers use 8.
+    cfg.MODEL.RESNETS.OUTPUT_STRIDE = 8
+    # "basic": one 7x7 conv (torchvision/detectron2). "deeplab": three 3x3 convs, the "ResNet-D" /
+    # "ResNetV1c" stem of DeepLab, PSPNet and mmsegmentation (STEM_OUT_CHANNELS=128 there).
+    cfg.MODEL.RESNETS.STEM_TYPE = "basic"
+    # Dilation multipliers of the three res5 blocks (DeepLabV3's "multi-grid"); [1, 1, 1] = off.
+    cfg.MODEL.RESNETS.RES5_MULTI_GRID = [1, 1, 1]
+
+    # Decode head (DECODE_HEAD_REGISTRY). FCNHead: NUM_CONVS x (conv KERNEL_SIZE -> norm -> ReLU)
+    # on IN_FEATURES[-1], as torchvision's and mmsegmentation's FCN heads.
+    cfg.MODEL.DECODE_HEAD = CN()
+    cfg.MODEL.DECODE_HEAD.NAME = "FCNHead"
+    cfg.MODEL.DECODE_HEAD.IN_FEATURES = ["res5"]
+    cfg.MODEL.DECODE_HEAD.CHANNELS = 512
+    cfg.MODEL.DECODE_HEAD.NUM_CONVS = 1
+    cfg.MODEL.DECODE_HEAD.KERNEL_SIZE = 3
+    cfg.MODEL.DECODE_HEAD.NORM = "BN"
+    # FCN only: concatenate the head input with the conv output before the classifier (mmseg's
+    # concat_input).
+    cfg.MODEL.DECODE_HEAD.CONCAT_INPUT = False
+    # Pixel losses of the main prediction (PIXEL_LOSS_REGISTRY), summed with these weights.
+    cfg.MODEL.DECODE_HEAD.LOSSES = ["CrossEntropyLoss"]
+    cfg.MODEL.DECODE_HEAD.LOSS_WEIGHTS = [1.0]
+
+    # Auxiliary head on an intermediate feature (deep supervision, PSPNet-style), training only.
+    # Built like the decode head with its own keys; its classifier is always a plain 1x1 conv.
+    cfg.MODEL.AUX_HEAD = CN()
+    cfg.MODEL.AUX_HEAD.ENABLED = False
+    cfg.MODEL.AUX_HEAD.NAME = "FCNHead"
+    cfg.MODEL.AUX_HEAD.IN_FEATURES = ["res4"]
+    cfg.MODEL.AUX_HEAD.CHANNELS = 256
+    cfg.MODEL.AUX_HEAD.NUM_CONVS = 1
+    cfg.MODEL.AUX_HEAD.KERNEL_SIZE = 3
+    cfg.MODEL.AUX_HEAD.NORM = "BN"
+    cfg.MODEL.AUX_HEAD.CONCAT_INPUT = False
+    cfg.MODEL.AUX_HEAD.DROPOUT = 0.1
+    cfg.MODEL.AUX_HEAD.LOSSES = ["CrossEntropyLoss"]
+    cfg.MODEL.AUX_HEAD.LOSS_WEIGHTS = [0.4]
+
+    # Classifier (CLASSIFIER_REGISTRY): "LinearClassifier" = dropout + 1x1 conv with bias.
+    cfg.MODEL.CLASSIFIER = CN()
+    cfg.MODEL.CLASSIFIER.NAME = "LinearClassifier"
+    # Dropout on the pixel feature right before the classifier (0.1 in torchvision's and
+    # mmsegmentation's heads). It belongs to the classifier so that a plug-in classifier (CAC)
+    # decides where it applies.
+    cfg.MODEL.CLASSIFIER.DROPOUT = 0.1
+
+    # Pixel losses (PIXEL_LOSS_REGISTRY). CrossEntropyLoss: mean over non-ignored pixels,
+    # optional per-class weights (empty = unweighted; else K values).
+    cfg.MODEL.LOSS = CN()
+    cfg.MODEL.LOSS.CLASS_WEIGHTS = []
+
+    # Training-only feature regularizers (REGULARIZER_REGISTRY), e.g. CAR. Empty = none.
+    cfg.MODEL.REGULARIZERS = CN()
+    cfg.MODEL.REGULARIZERS.NAMES = []
+
+    # Logits -> label-size resizing for losses and image-size resizing at inference.
+    cfg.MODEL.ALIGN_CORNERS = False
+
+    # ---------------------------------------------------------------------------------------------
+    # Data
+    # ---------------------------------------------------------------------------------------------
+    # Mapper (MAPPER_REGISTRY), used for training and testing.
+    cfg.INPUT.DATASET_MAPPER_NAME = "SemSegDatasetMapper"
+    # Training rescale, mmsegmentation-style: the image is resized, keeping its aspect ratio, to fit
+    # BASE_SIZE (long side, short side) scaled by a ratio drawn uniformly from RATIO_RANGE.
+    # BASE_SIZE = [] keeps the image size (ratio applied to the original size).
+    cfg.INPUT.BASE_SIZE = []
+    cfg.INPUT.RATIO_RANGE = [0.5, 2.0]
+    # Test-time resize to BASE_SIZE (keep ratio, ratio 1). False = evaluate at the original size.
+    cfg.INPUT.TEST_RESIZE = False
+    # Random crop (absolute pixels, [height, width]) with DeepLab's category-area constraint: up to
+    # 10 tries to find a crop whose most frequent category covers at most SINGLE_CATEGORY_MAX_AREA
+    # of its labelled pixels (1.0 = unconstrained).
+    cfg.INPUT.CROP.ENABLED = True
+    cfg.INPUT.CROP.TYPE = "absolute"
+    cfg.INPUT.CROP.SIZE = [512, 512]
+    cfg.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA = 0.75
+    # Horizontal flip with probability 0.5 ("horizontal") or none ("none").
+    cfg.INPUT.RANDOM_FLIP = "horizontal"
+    # Photometric distortion (brightness, contrast, saturation, hue) as in mmsegmentation/SSD.
+    cfg.INPUT.COLOR_AUG_SSD = False
+    # Images and labels are padded (labels with IGNORE_VALUE) to a multiple of this inside the
+    # model (a true divisor of the batch's size); during training they are also padded to the
+    # crop size. -1 = use the backbone's size_divisibility.
+    cfg.INPUT.SIZE_DIVISIBILITY = -1
+
+    # Resumable, reproducible training sampler (see segcls.data.samplers).
+    cfg.DATALOADER.SAMPLER_TRAIN = "ResumableTrainingSampler"
+    cfg.DATALOADER.NUM_WORKERS = 2
+    cfg.DATALOADER.ASPECT_RATIO_GROUPING = False
+
+    # ---------------------------------------------------------------------------------------------
+    # Solver
+    # ---------------------------------------------------------------------------------------------
+    cfg.SOLVER.OPTIMIZER = "SGD"  # "SGD" or "ADAMW"
+    cfg.SOLVER.BETAS = [0.9, 0.999]  # AdamW only
+    cfg.SOLVER.LR_SCHEDULER_NAME = "WarmupPolyLR"
+    cfg.SOLVER.POLY_LR_POWER = 0.9
+    cfg.SOLVER.POLY_LR_CONSTANT_ENDING = 0.0
+    cfg.SOLVER.WARMUP_ITERS = 0
+    # Learning rate multiplier of the backbone's parameters (e.g. 0.1 for a pretrained backbone).
+    cfg.SOLVER.BACKBONE_MULTIPLIER = 1.0
+    # No weight decay on normalisation layers (WEIGHT_DECAY_NORM) and biases (WEIGHT_DECAY_BIAS).
+    cfg.SOLVER.WEIGHT_DECAY_NORM = 0.0
+    cfg.SOLVER.WEIGHT_DECAY_BIAS = 0.0
+    cfg.SOLVER.CHECKPOINT_PERIOD = 5000
+
+    # ---------------------------------------------------------------------------------------------
+    # Evaluation, reproducibility
+    # ---------------------------------------------------------------------------------------------
+    # Number of "image | ground truth | prediction" PNGs written per test set (0 = none).
+    cfg.TEST.NUM_OVERLAYS = 0
+    cfg.SEGCLS = CN()
+    # GPU: use PyTorch's deterministic algorithms (torch.use_deterministic_algorithms(True,
+    # warn_only=True), cudnn.deterministic) for run-to-run identical results at some speed cost.
+    # CPU training with a fixed SEED is bitwise repeatable without it.
+    cfg.SEGCLS.DETERMINISTIC = False
+    return cfg

@@ -1,0 +1,61 @@
+"""
+Registries of segcls's pluggable pieces. A research fork adds its own piece with the decorator
+(``@DECODE_HEAD_REGISTRY.register()``) in its own package and selects it by class name from yaml;
+nothing in ``segcls/`` needs to change.
+
+Contracts (all tensors are NCHW unless said otherwise; ``K`` = number of classes):
+
+- ``DECODE_HEAD_REGISTRY``: ``build(cfg, input_shape: Dict[str, ShapeSpec], prefix) -> nn.Module``
+  whose ``forward(features: Dict[str, Tensor], targets: Optional[Tensor]) -> Dict[str, Tensor]``
+  returns at least ``"pixel_feature"`` (N, C, h, w), the feature that feeds the classifier.
+  It must expose ``out_channels`` (C) and ``out_stride`` (input size / h).
+  Optional extra keys: ``"reg_feature"`` (the feature a regularizer sees; defaults to
+  ``"pixel_feature"``), ``"pred_<name>"`` (N, K', h', w') logits that get the head's pixel losses,
+  ``"loss_<name>"`` scalars added to the loss dict as they are.
+- ``CLASSIFIER_REGISTRY``: ``build(cfg, in_channels, num_classes) -> nn.Module`` whose
+  ``forward(x: Tensor (N, C, h, w), targets: Optional[Tensor (N, H, W)]) -> Dict[str, Tensor]``
+  returns ``"pred"`` (N, K, h, w) logits (the prediction used at inference), and in training
+  optionally further ``"pred_<name>"`` logits and ``"loss_<name>"`` scalars (as for heads).
+- ``PIXEL_LOSS_REGISTRY``: ``build(cfg, ignore_value) -> nn.Module`` whose
+  ``forward(logits: Tensor (N, K, H, W), targets: Tensor (N, H, W) long) -> Tensor scalar``.
+  Logits arrive already resized to the label size.
+- ``REGULARIZER_REGISTRY``: ``build(cfg, in_channels, num_classes) -> nn.Module`` whose
+  ``forward(head_outputs: Dict[str, Tensor], targets: Tensor (N, H, W)) -> Dict[str, Tensor]``
+  returns ``"loss_<name>"`` scalars. Regularizers run in training only (e.g. CAR).
+"""
+from detectron2.utils.registry import Registry
+
+DECODE_HEAD_REGISTRY = Registry("DECODE_HEAD")
+DECODE_HEAD_REGISTRY.__doc__ = "Decode heads: multi-scale backbone features -> pixel feature."
+
+CLASSIFIER_REGISTRY = Registry("CLASSIFIER")
+CLASSIFIER_REGISTRY.__doc__ = "Classifiers: pixel feature -> class logits."
+
+PIXEL_LOSS_REGISTRY = Registry("PIXEL_LOSS")
+PIXEL_LOSS_REGISTRY.__doc__ = "Per-pixel losses on logits at label resolution."
+
+REGULARIZER_REGISTRY = Registry("REGULARIZER")
+REGULARIZER_REGISTRY.__doc__ = "Training-only feature regularizers (e.g. CAR)."
+
+
+def build_decode_head(cfg, input_shape, prefix="MODEL.DECODE_HEAD"):
+    """Build the decode head named by ``<prefix>.NAME`` (``prefix`` selects main or auxiliary)."""
+    node = cfg
+    for key in prefix.split("."):
+        node = node[key]
+    return DECODE_HEAD_REGISTRY.get(node.NAME)(cfg, input_shape, prefix=prefix)
+
+
+def build_classifier(cfg, in_channels, num_classes):
+    return CLASSIFIER_REGISTRY.get(cfg.MODEL.CLASSIFIER.NAME)(cfg, in_channels, num_classes)
+
+
+def build_pixel_losses(cfg, names, ignore_value):
+    return [PIXEL_LOSS_REGISTRY.get(name)(cfg, ignore_value=ignore_value) for name in names]
+
+
+def build_regularizers(cfg, in_channels, num_classes):
+    return [
+        REGULARIZER_REGISTRY.get(name)(cfg, in_channels, num_classes)
+        for name in cfg.MODEL.REGULARIZERS.NAMES
+    ]
