@@ -7,6 +7,7 @@ Method-specific keys (CAR, CAC, ...) live next to the method, in a ``add_<method
 of its module, and are called from here, so the whole tree is always known to the config parser
 (an unknown key in a yaml or on the command line is an error naming the key).
 """
+import torch
 from detectron2.config import CfgNode as CN
 
 
@@ -16,6 +17,8 @@ def add_segcls_config(cfg):
     # Model: backbone -> decode head -> pixel feature -> classifier -> logits (PerPixelSegmentor)
     # ---------------------------------------------------------------------------------------------
     cfg.MODEL.META_ARCHITECTURE = "PerPixelSegmentor"
+    # "cuda" when a GPU is visible, else "cpu" (detectron2's default is always "cuda").
+    cfg.MODEL.DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
     # Images are normalised inside the model: (image - PIXEL_MEAN) / PIXEL_STD, in INPUT.FORMAT order.
     # Default: ImageNet RGB statistics, as torchvision/timm/mmsegmentation backbones expect.
     cfg.INPUT.FORMAT = "RGB"
@@ -40,8 +43,9 @@ def add_segcls_config(cfg):
     # "basic": one 7x7 conv (torchvision/detectron2). "deeplab": three 3x3 convs, the "ResNet-D" /
     # "ResNetV1c" stem of DeepLab, PSPNet and mmsegmentation (STEM_OUT_CHANNELS=128 there).
     cfg.MODEL.RESNETS.STEM_TYPE = "basic"
-    # Dilation multipliers of the three res5 blocks (DeepLabV3's "multi-grid"); [1, 1, 1] = off.
-    cfg.MODEL.RESNETS.RES5_MULTI_GRID = [1, 1, 1]
+    # Dilation multipliers of the res5 blocks, one per block (DeepLabV3's "multi-grid", e.g.
+    # [1, 2, 4]); [] = off.
+    cfg.MODEL.RESNETS.RES5_MULTI_GRID = []
 
     # Decode head (DECODE_HEAD_REGISTRY). FCNHead: NUM_CONVS x (conv KERNEL_SIZE -> norm -> ReLU)
     # on IN_FEATURES[-1], as torchvision's and mmsegmentation's FCN heads.
@@ -154,3 +158,12 @@ def add_segcls_config(cfg):
     # CPU training with a fixed SEED is bitwise repeatable without it.
     cfg.SEGCLS.DETERMINISTIC = False
     return cfg
+
+
+def get_config_node(cfg, dotted_key):
+    """The node at ``dotted_key`` (e.g. ``"MODEL.AUX_HEAD"``): lets one module class be configured
+    from several places, such as a head used as the main and as the auxiliary head."""
+    node = cfg
+    for key in dotted_key.split("."):
+        node = node[key]
+    return node

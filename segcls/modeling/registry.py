@@ -25,6 +25,8 @@ Contracts (all tensors are NCHW unless said otherwise; ``K`` = number of classes
 """
 from detectron2.utils.registry import Registry
 
+from ..config import get_config_node
+
 DECODE_HEAD_REGISTRY = Registry("DECODE_HEAD")
 DECODE_HEAD_REGISTRY.__doc__ = "Decode heads: multi-scale backbone features -> pixel feature."
 
@@ -40,10 +42,7 @@ REGULARIZER_REGISTRY.__doc__ = "Training-only feature regularizers (e.g. CAR)."
 
 def build_decode_head(cfg, input_shape, prefix="MODEL.DECODE_HEAD"):
     """Build the decode head named by ``<prefix>.NAME`` (``prefix`` selects main or auxiliary)."""
-    node = cfg
-    for key in prefix.split("."):
-        node = node[key]
-    return DECODE_HEAD_REGISTRY.get(node.NAME)(cfg, input_shape, prefix=prefix)
+    return DECODE_HEAD_REGISTRY.get(get_config_node(cfg, prefix).NAME)(cfg, input_shape, prefix=prefix)
 
 
 def build_classifier(cfg, in_channels, num_classes):

@@ -1,0 +1,65 @@
+"""Command-line and config setup shared by ``tools/*.py``."""
+import os
+
+import torch
+from detectron2.config import get_cfg
+from detectron2.engine import default_argument_parser as d2_argument_parser
+from detectron2.engine import default_setup
+
+from ..config import add_segcls_config
+
+
+def default_argument_parser(epilog=None):
+    """detectron2's standard flags (``--config-file --eval-only --resume --num-gpus
+    --num-machines --machine-rank --dist-url`` and trailing ``KEY VALUE`` overrides) plus
+    ``--dist-backend``. ``--num-gpus N`` is the number of processes per machine: GPUs with
+    nccl, CPU processes with gloo."""
+    parser = d2_argument_parser(epilog)
+    parser.add_argument(
+        "--dist-backend",
+        default="auto",
+        choices=["auto", "nccl", "gloo"],
+        help="process-group backend: nccl (GPUs), gloo (CPU processes), auto = nccl if CUDA is available",
+    )
+    return parser
+
+
+def load_config(config_file="", opts=()):
+    """
+    A frozen-able segcls config: detectron2 defaults + ``add_segcls_config`` + ``config_file`` +
+    ``opts``. An unknown key raises ``KeyError`` naming the key and the file (or the command line).
+    """
+    cfg = get_cfg()
+    add_segcls_config(cfg)
+    if config_file:
+        if not os.path.isfile(config_file):
+            raise FileNotFoundError(f"config file '{config_file}' does not exist")
+        try:
+            cfg.merge_from_file(config_file)
+        except KeyError as e:
+            raise KeyError(f"{config_file}: {e.args[0]} (not a detectron2/segcls config key)") from None
+    try:
+        cfg.merge_from_list(list(opts))
+    except KeyError as e:
+        raise KeyError(f"command-line override: {e.args[0]} (not a detectron2/segcls config key)") from None
+    return cfg
+
+
+def setup(args):
+    """Config from ``args``, frozen, with detectron2's ``default_setup`` (output dir, logging,
+    seeding) and the optional deterministic mode."""
+    cfg = load_config(args.config_file, args.opts)
+    cfg.freeze()
+    default_setup(cfg, args)
+    if cfg.SEGCLS.DETERMINISTIC:
+        enable_deterministic_mode()
+    return cfg
+
+
+def enable_deterministic_mode():
+    """PyTorch's deterministic algorithms (warn where none exists, e.g. bilinear-upsampling
+    backward on CUDA) and deterministic cuDNN."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False

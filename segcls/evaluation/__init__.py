@@ -1,0 +1,1 @@
+from .sem_seg import EVALUATOR_REGISTRY, OverlayWriter, SemSegEvaluatorWithTable, build_evaluator

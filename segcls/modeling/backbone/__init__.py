@@ -1,0 +1,1 @@
+from .resnet import DilatedBasicBlock, build_resnet_dilated_backbone

@@ -1,0 +1,126 @@
+"""
+Dilated ResNets as detectron2 backbones, for semantic segmentation.
+
+``build_resnet_dilated_backbone`` builds detectron2's :class:`ResNet` with
+
+- depth 18/34 (:class:`DilatedBasicBlock`, since detectron2's ``BasicBlock`` has no dilation) or
+  50/101/152 (detectron2's ``BottleneckBlock``);
+- the standard 7x7 stem (``STEM_TYPE: basic``) or DeepLab's three-3x3 stem (``deeplab``, the
+  "ResNet-D/V1c" stem of DeepLab, PSPNet and mmsegmentation);
+- output stride 8 (res4 dilation 2, res5 dilation 4), 16 (res5 dilation 2) or 32: a dilated stage
+  keeps the resolution of the stage before it (stride 1) and dilates every 3x3 conv by its rate,
+  times ``RES5_MULTI_GRID`` in res5 (DeepLabV3's multi-grid).
+
+Outputs are named ``res2``..``res5``; ``output_shape()`` reports each one's true stride
+(so a dilated res5 reports stride 8) and channels.
+"""
+import torch.nn.functional as F
+from detectron2.layers import CNNBlockBase, Conv2d, ShapeSpec, get_norm
+from detectron2.modeling import BACKBONE_REGISTRY
+from detectron2.modeling.backbone.resnet import BasicStem, BottleneckBlock, ResNet
+from detectron2.projects.deeplab.resnet import DeepLabStem
+from fvcore.nn import weight_init
+
+# Dilation of (res4, res5) for each supported output stride.
+_STAGE_DILATIONS = {8: (2, 4), 16: (1, 2), 32: (1, 1)}
+_BLOCKS_PER_STAGE = {18: [2, 2, 2, 2], 34: [3, 4, 6, 3], 50: [3, 4, 6, 3], 101: [3, 4, 23, 3], 152: [3, 8, 36, 3]}
+
+
+class DilatedBasicBlock(CNNBlockBase):
+    """
+    ResNet-18/34 basic block (two 3x3 convs + shortcut) whose 3x3 convs can be dilated
+    (padding = dilation keeps the size). Input (N, in_channels, H, W) ->
+    (N, out_channels, H / stride, W / stride).
+    """
+
+    def __init__(self, in_channels, out_channels, *, stride=1, dilation=1, norm="BN"):
+        super().__init__(in_channels, out_channels, stride)
+        if in_channels != out_channels or stride != 1:
+            self.shortcut = Conv2d(
+                in_channels, out_channels, kernel_size=1, stride=stride, bias=False, norm=get_norm(norm, out_channels)
+            )
+        else:
+            self.shortcut = None
+        self.conv1 = Conv2d(
+            in_channels,
+            out_channels,
+            kernel_size=3,
+            stride=stride,
+            padding=dilation,
+            dilation=dilation,
+            bias=False,
+            norm=get_norm(norm, out_channels),
+        )
+        self.conv2 = Conv2d(
+            out_channels,
+            out_channels,
+            kernel_size=3,
+            padding=dilation,
+            dilation=dilation,
+            bias=False,
+            norm=get_norm(norm, out_channels),
+        )
+        for layer in (self.conv1, self.conv2, self.shortcut):
+            if layer is not None:
+                weight_init.c2_msra_fill(layer)
+
+    def forward(self, x):
+        out = F.relu_(self.conv1(x))
+        out = self.conv2(out)
+        shortcut = x if self.shortcut is None else self.shortcut(x)
+        return F.relu_(out + shortcut)
+
+
+@BACKBONE_REGISTRY.register()
+def build_resnet_dilated_backbone(cfg, input_shape: ShapeSpec):
+    """Build a dilated ResNet from ``cfg.MODEL.RESNETS`` (see the module docstring)."""
+    r = cfg.MODEL.RESNETS
+    norm = r.NORM
+    depth = r.DEPTH
+    if depth not in _BLOCKS_PER_STAGE:
+        raise ValueError(f"MODEL.RESNETS.DEPTH={depth}: expected one of {sorted(_BLOCKS_PER_STAGE)}")
+    if r.OUTPUT_STRIDE not in _STAGE_DILATIONS:
+        raise ValueError(f"MODEL.RESNETS.OUTPUT_STRIDE={r.OUTPUT_STRIDE}: expected 8, 16 or 32")
+    if r.RES5_MULTI_GRID and len(r.RES5_MULTI_GRID) != _BLOCKS_PER_STAGE[depth][3]:
+        raise ValueError(
+            f"MODEL.RESNETS.RES5_MULTI_GRID={list(r.RES5_MULTI_GRID)}: expected one value per res5 block "
+            f"({_BLOCKS_PER_STAGE[depth][3]} for depth {depth})"
+        )
+    if r.STEM_TYPE == "basic":
+        stem = BasicStem(input_shape.channels, r.STEM_OUT_CHANNELS, norm=norm)
+    elif r.STEM_TYPE == "deeplab":
+        stem = DeepLabStem(input_shape.channels, r.STEM_OUT_CHANNELS, norm=norm)
+    else:
+        raise ValueError(f"MODEL.RESNETS.STEM_TYPE={r.STEM_TYPE!r}: expected 'basic' or 'deeplab'")
+
+    dilations = (1, 1) + _STAGE_DILATIONS[r.OUTPUT_STRIDE]
+    in_channels = r.STEM_OUT_CHANNELS
+    out_channels = r.RES2_OUT_CHANNELS
+    bottleneck_channels = r.NUM_GROUPS * r.WIDTH_PER_GROUP
+    stages = []
+    for idx, num_blocks in enumerate(_BLOCKS_PER_STAGE[depth]):
+        dilation = dilations[idx]
+        first_stride = 1 if idx == 0 or dilation > 1 else 2
+        stage_kargs = {
+            "num_blocks": num_blocks,
+            "stride_per_block": [first_stride] + [1] * (num_blocks - 1),
+            "in_channels": in_channels,
+            "out_channels": out_channels,
+            "norm": norm,
+        }
+        grid = r.RES5_MULTI_GRID if idx == 3 and r.RES5_MULTI_GRID else [1] * num_blocks
+        stage_kargs["dilation_per_block"] = [dilation * g for g in grid]
+        if depth >= 50:
+            stage_kargs.update(
+                block_class=BottleneckBlock,
+                bottleneck_channels=bottleneck_channels,
+                stride_in_1x1=r.STRIDE_IN_1X1,
+                num_groups=r.NUM_GROUPS,
+            )
+            bottleneck_channels *= 2
+        else:
+            stage_kargs["block_class"] = DilatedBasicBlock
+        stages.append(ResNet.make_stage(**stage_kargs))
+        in_channels = out_channels
+        out_channels *= 2
+    return ResNet(stem, stages, out_features=r.OUT_FEATURES).freeze(cfg.MODEL.BACKBONE.FREEZE_AT)

@@ -1,0 +1,1 @@
+from .per_pixel import PerPixelSegmentor

@@ -1,0 +1,1 @@
+"""Training-only feature regularizers (REGULARIZER_REGISTRY)."""
