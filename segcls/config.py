@@ -59,6 +59,14 @@ def add_segcls_config(cfg):
     # FCN only: concatenate the head input with the conv output before the classifier (mmseg's
     # concat_input).
     cfg.MODEL.DECODE_HEAD.CONCAT_INPUT = False
+    # The head's last block (segcls.modeling.heads.tail.HeadTail), where plug-ins attach:
+    # LAST_CONV_KERNEL 3 = the usual last 3x3 conv-BN-ReLU; 1 = CAR's architecture change "A"
+    # (CAR Sec. 4.2.1, Fig. 3B). REG_PROJECTION inserts before it a 1x1 conv with bias and no
+    # norm/activation whose output ("reg_feature", REG_PROJECTION_CHANNELS channels, 0 =
+    # min(C_in, 512)) is the feature that regularizers such as CAR act on.
+    cfg.MODEL.DECODE_HEAD.LAST_CONV_KERNEL = 3
+    cfg.MODEL.DECODE_HEAD.REG_PROJECTION = False
+    cfg.MODEL.DECODE_HEAD.REG_PROJECTION_CHANNELS = 0
     # Pixel losses of the main prediction (PIXEL_LOSS_REGISTRY), summed with these weights.
     cfg.MODEL.DECODE_HEAD.LOSSES = ["CrossEntropyLoss"]
     cfg.MODEL.DECODE_HEAD.LOSS_WEIGHTS = [1.0]
@@ -74,6 +82,9 @@ def add_segcls_config(cfg):
     cfg.MODEL.AUX_HEAD.KERNEL_SIZE = 3
     cfg.MODEL.AUX_HEAD.NORM = "BN"
     cfg.MODEL.AUX_HEAD.CONCAT_INPUT = False
+    cfg.MODEL.AUX_HEAD.LAST_CONV_KERNEL = 3
+    cfg.MODEL.AUX_HEAD.REG_PROJECTION = False
+    cfg.MODEL.AUX_HEAD.REG_PROJECTION_CHANNELS = 0
     cfg.MODEL.AUX_HEAD.DROPOUT = 0.1
     cfg.MODEL.AUX_HEAD.LOSSES = ["CrossEntropyLoss"]
     cfg.MODEL.AUX_HEAD.LOSS_WEIGHTS = [0.4]

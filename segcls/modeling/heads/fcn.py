@@ -3,22 +3,23 @@ from typing import Dict
 
 import torch
 from detectron2.config import configurable
-from detectron2.layers import Conv2d, ShapeSpec, get_norm
-from fvcore.nn import weight_init
+from detectron2.layers import ShapeSpec
 from torch import nn
-from torch.nn import functional as F
 
-from ..registry import DECODE_HEAD_REGISTRY
 from ...config import get_config_node
+from ..registry import DECODE_HEAD_REGISTRY
+from .tail import HeadTail, conv_norm_act
 
 
 @DECODE_HEAD_REGISTRY.register()
 class FCNHead(nn.Module):
     """
-    ``num_convs`` x (conv k x k -> norm -> ReLU) on one backbone feature; optionally the input is
-    concatenated to the result and fused by one more conv (mmsegmentation's ``concat_input``).
+    ``num_convs`` x (conv k x k -> norm -> ReLU) on one backbone feature; with ``concat_input`` the
+    input is concatenated to the result and fused by one more conv (mmsegmentation's option).
+    The last of these convs is the :class:`HeadTail` (CAR's projection / change "A" attach there).
 
-    Input ``features[in_feature]``: (N, C_in, h, w). Output ``{"pixel_feature": (N, channels, h, w)}``.
+    Input ``features[in_feature]``: (N, C_in, h, w). Output ``{"pixel_feature": (N, channels, h, w)}``
+    (+ ``"reg_feature"`` with the regularization projection).
     """
 
     @configurable
@@ -29,6 +30,7 @@ class FCNHead(nn.Module):
         in_channels: int,
         in_stride: int,
         channels: int,
+        tail: HeadTail,
         num_convs: int = 1,
         kernel_size: int = 3,
         norm: str = "BN",
@@ -40,35 +42,28 @@ class FCNHead(nn.Module):
         self.in_feature = in_feature
         self.out_channels = channels
         self.out_stride = in_stride
-        convs = []
-        for i in range(num_convs):
-            convs.append(self._conv(in_channels if i == 0 else channels, channels, kernel_size, norm))
-        self.convs = nn.Sequential(*convs)
-        self.fuse = self._conv(in_channels + channels, channels, kernel_size, norm) if concat_input else None
-
-    @staticmethod
-    def _conv(in_channels, out_channels, kernel_size, norm):
-        conv = Conv2d(
-            in_channels,
-            out_channels,
-            kernel_size=kernel_size,
-            padding=kernel_size // 2,
-            bias=not norm,
-            norm=get_norm(norm, out_channels),
-            activation=F.relu,
+        self.concat_input = concat_input
+        num_body = num_convs if concat_input else num_convs - 1
+        self.convs = nn.Sequential(
+            *[conv_norm_act(in_channels if i == 0 else channels, channels, kernel_size, norm) for i in range(num_body)]
         )
-        weight_init.c2_msra_fill(conv)
-        return conv
+        self.tail = tail
 
     @classmethod
     def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec], prefix="MODEL.DECODE_HEAD"):
         node = get_config_node(cfg, prefix)
         in_feature = node.IN_FEATURES[-1]
+        in_channels = input_shape[in_feature].channels
+        if node.CONCAT_INPUT:
+            tail_in = in_channels + node.CHANNELS
+        else:
+            tail_in = in_channels if node.NUM_CONVS == 1 else node.CHANNELS
         return {
             "in_feature": in_feature,
-            "in_channels": input_shape[in_feature].channels,
+            "in_channels": in_channels,
             "in_stride": input_shape[in_feature].stride,
             "channels": node.CHANNELS,
+            "tail": HeadTail.from_node(node, tail_in, node.CHANNELS),
             "num_convs": node.NUM_CONVS,
             "kernel_size": node.KERNEL_SIZE,
             "norm": node.NORM,
@@ -78,6 +73,6 @@ class FCNHead(nn.Module):
     def forward(self, features: Dict[str, torch.Tensor], targets=None) -> Dict[str, torch.Tensor]:
         x = features[self.in_feature]
         out = self.convs(x)
-        if self.fuse is not None:
-            out = self.fuse(torch.cat([x, out], dim=1))
-        return {"pixel_feature": out}
+        if self.concat_input:
+            out = torch.cat([x, out], dim=1)
+        return self.tail(out)

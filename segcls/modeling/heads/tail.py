@@ -1,0 +1,71 @@
+"""
+The last block of every decode head, where class-level plug-ins attach.
+
+``HeadTail``: input (N, C_in, h, w) ->
+
+- optional *regularization projection* (``REG_PROJECTION``): a 1x1 conv **with bias and no
+  norm/activation** to ``REG_PROJECTION_CHANNELS`` (0 = ``min(C_in, 512)``) channels. Its output
+  is returned as ``"reg_feature"``, the feature X that CAR regularizes (CAR, Sec. 4.2.1, as in
+  the authors' released heads);
+- the head's last conv -> norm -> ReLU with ``LAST_CONV_KERNEL`` x ``LAST_CONV_KERNEL`` kernels:
+  3 is the usual 3x3 conv; 1 is CAR's architecture change "A" (CAR Sec. 4.2.1, Fig. 3B);
+- output ``"pixel_feature"`` (N, channels, h, w), the classifier's input. Without the projection
+  ``"reg_feature"`` is not set and regularizers use ``"pixel_feature"``.
+"""
+from typing import Dict
+
+import torch
+from detectron2.layers import Conv2d, get_norm
+from fvcore.nn import weight_init
+from torch import nn
+from torch.nn import functional as F
+
+
+def conv_norm_act(in_channels, out_channels, kernel_size, norm="BN", dilation=1, act=True):
+    """conv (k x k, 'same' padding, bias only without norm) -> norm -> ReLU, MSRA-initialised."""
+    conv = Conv2d(
+        in_channels,
+        out_channels,
+        kernel_size=kernel_size,
+        padding=dilation * (kernel_size // 2),
+        dilation=dilation,
+        bias=not norm,
+        norm=get_norm(norm, out_channels),
+        activation=F.relu if act else None,
+    )
+    weight_init.c2_msra_fill(conv)
+    return conv
+
+
+class HeadTail(nn.Module):
+    def __init__(self, in_channels, channels, *, norm="BN", last_conv_kernel=3, reg_projection=False, reg_channels=0):
+        super().__init__()
+        if last_conv_kernel not in (1, 3):
+            raise ValueError(f"LAST_CONV_KERNEL={last_conv_kernel}: expected 3 (standard) or 1 (CAR's change 'A')")
+        self.projection = None
+        if reg_projection:
+            reg_channels = reg_channels or min(in_channels, 512)
+            self.projection = nn.Conv2d(in_channels, reg_channels, kernel_size=1, bias=True)
+            weight_init.c2_msra_fill(self.projection)
+            in_channels = reg_channels
+        self.conv = conv_norm_act(in_channels, channels, last_conv_kernel, norm)
+        self.out_channels = channels
+
+    @classmethod
+    def from_node(cls, node, in_channels, channels):
+        """Build from a head config node (``MODEL.DECODE_HEAD`` or ``MODEL.AUX_HEAD``)."""
+        return cls(
+            in_channels,
+            channels,
+            norm=node.NORM,
+            last_conv_kernel=node.LAST_CONV_KERNEL,
+            reg_projection=node.REG_PROJECTION,
+            reg_channels=node.REG_PROJECTION_CHANNELS,
+        )
+
+    def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        out = {}
+        if self.projection is not None:
+            x = out["reg_feature"] = self.projection(x)
+        out["pixel_feature"] = self.conv(x)
+        return out
