@@ -3,12 +3,16 @@ import os
 
 import numpy as np
 import pytest
+import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from PIL import Image
 
 import segcls  # noqa: F401  (registers everything)
 from segcls.data.datasets import register_sem_seg
 from segcls.engine import load_config
+
+# One intra-op thread: the tiny models gain nothing from more, and CI machines have 2 cores.
+torch.set_num_threads(1)
 
 TINY_MODEL = [
     "MODEL.DEVICE", "cpu",
@@ -44,6 +48,11 @@ def write_tiny_dataset(root, num_images=4, size=(32, 40), num_classes=3, seed=0,
 def register_tiny_dataset(name, root, num_classes=3, **kwargs):
     """Write and register a tiny dataset under ``name`` (replacing an earlier registration)."""
     image_dir, label_dir = write_tiny_dataset(root, num_classes=num_classes, **kwargs)
+    return register_dirs(name, image_dir, label_dir, num_classes)
+
+
+def register_dirs(name, image_dir, label_dir, num_classes):
+    """Register an image/label folder pair as dataset ``name`` (e.g. again in a spawned process)."""
     if name in DatasetCatalog.list():
         DatasetCatalog.remove(name)
         MetadataCatalog.remove(name)

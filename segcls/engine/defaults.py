@@ -40,7 +40,7 @@ def load_config(config_file="", opts=()):
             raise KeyError(f"{config_file}: {e.args[0]} (not a detectron2/segcls config key)") from None
     try:
         cfg.merge_from_list(list(opts))
-    except KeyError as e:
+    except (KeyError, AssertionError) as e:  # yacs asserts "Non-existent key" in merge_from_list
         raise KeyError(f"command-line override: {e.args[0]} (not a detectron2/segcls config key)") from None
     return cfg
 

@@ -33,7 +33,8 @@ class PerPixelSegmentor(nn.Module):
     to the padded label size and scored with the head's pixel losses; ``"loss_*"`` outputs are
     added as they are; the auxiliary head (if any) and the regularizers add theirs.
     Loss names: ``loss_<loss>`` for ``"pred"``, ``loss_<name>_<loss>`` for ``"pred_<name>"``,
-    ``loss_aux_<loss>`` for the auxiliary head.
+    ``loss_aux_<loss>`` for the auxiliary head's prediction and ``loss_aux_<name>`` for its own
+    ``"loss_<name>"`` outputs.
     """
 
     @configurable
@@ -133,7 +134,10 @@ class PerPixelSegmentor(nn.Module):
         outputs = self.decode_head(features, targets)
         outputs.update(self.classifier(outputs["pixel_feature"], targets))
         if self.training and self.aux_head is not None:
-            outputs["aux_pred"] = self.aux_classifier(self.aux_head(features, targets)["pixel_feature"])["pred"]
+            aux = self.aux_head(features, targets)
+            outputs["aux_pred"] = self.aux_classifier(aux["pixel_feature"])["pred"]
+            # The auxiliary head's own losses (e.g. DANet's branch losses) as "loss_aux_<name>".
+            outputs.update({"loss_aux_" + k[len("loss_") :]: v for k, v in aux.items() if k.startswith("loss_")})
         return outputs
 
     def forward(self, batched_inputs: List[dict]):
