@@ -17,7 +17,6 @@ import math
 import torch
 from detectron2.config import CfgNode as CN
 from torch import nn
-from torch.nn import functional as F
 
 from .tail import conv_norm_act
 
@@ -176,11 +175,12 @@ class ChannelAttention(nn.Module):
 
 class CrissCrossAttention(nn.Module):
     """
-    CCNet's recurrent criss-cross attention (RCCA, CCNet Fig. 3 and "Recurrent Criss-Cross Attention"), ``recurrence`` passes of one
-    module with shared weights. Each pass: Q, K: 1x1 convs to ``channels // 8``, V: 1x1 conv to
-    ``channels`` (with bias); position (i, j) attends to the ``h + w - 1`` positions of its row and
-    column, ``A = softmax over [column energies, row energies]`` with the self position counted once
-    (the column branch's own position is masked with -inf, as the released code's diagonal);
+    CCNet's recurrent criss-cross attention (RCCA; CCNet Fig. 3, "Recurrent Criss-Cross
+    Attention"): ``recurrence`` passes of one module with shared weights. Each pass (CCNet Eqs.
+    1-2): Q, K: 1x1 convs to ``channels // 8``, V: 1x1 conv to ``channels`` (with bias); position
+    (i, j) attends to the ``h + w - 1`` positions of its column and row,
+    ``A = softmax over [column energies, row energies]`` of ``Q_u . K_v``, with the self position
+    counted once (masked with -inf in the column branch, as the released code's diagonal);
     ``out = gamma * (sum_col A V + sum_row A V) + x``, ``gamma`` a learned scalar initialised to 0.
     """
 

@@ -43,4 +43,5 @@ class BranchLosses(nn.Module):
         """logits (N, K, h, w), targets (N, H, W) -> dict of scalar losses."""
         if logits.shape[-2:] != targets.shape[-2:]:
             logits = F.interpolate(logits, size=targets.shape[-2:], mode="bilinear", align_corners=self.align_corners)
-        return {f"loss_{name}_{loss.name}": w * loss(logits, targets) for loss, w in zip(self.losses, self.loss_weights)}
+        pairs = zip(self.losses, self.loss_weights)
+        return {f"loss_{name}_{loss.name}": w * loss(logits, targets) for loss, w in pairs}

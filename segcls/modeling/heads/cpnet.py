@@ -186,5 +186,6 @@ class CPHead(nn.Module):
         if self.training and targets is not None:
             labels = F.interpolate(targets.unsqueeze(1).float(), size=(side, side), mode="nearest")
             labels = labels.long().flatten(1)
-            out["loss_cpnet_affinity"] = self.affinity_loss_weight * affinity_loss(prior_logits, labels, self.ignore_value)
+            loss = affinity_loss(prior_logits, labels, self.ignore_value)
+            out["loss_cpnet_affinity"] = self.affinity_loss_weight * loss
         return out

@@ -39,7 +39,8 @@ class CrossEntropyLoss(nn.Module):
         num_classes = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
         if weights and len(weights) != num_classes:
             raise ValueError(
-                f"MODEL.LOSS.CLASS_WEIGHTS has {len(weights)} values, expected MODEL.SEM_SEG_HEAD.NUM_CLASSES={num_classes}"
+                f"MODEL.LOSS.CLASS_WEIGHTS has {len(weights)} values, expected one per class "
+                f"(MODEL.SEM_SEG_HEAD.NUM_CLASSES={num_classes})"
             )
         return {"ignore_value": ignore_value, "class_weights": weights}
 

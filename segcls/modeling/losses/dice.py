@@ -38,7 +38,8 @@ class DiceLoss(nn.Module):
 
     @classmethod
     def from_config(cls, cfg, ignore_value):
-        return {"ignore_value": ignore_value, "smooth": cfg.MODEL.LOSS.DICE_SMOOTH, "exponent": cfg.MODEL.LOSS.DICE_EXPONENT}
+        loss = cfg.MODEL.LOSS
+        return {"ignore_value": ignore_value, "smooth": loss.DICE_SMOOTH, "exponent": loss.DICE_EXPONENT}
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         valid = targets != self.ignore_value
