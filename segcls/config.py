@@ -168,6 +168,8 @@ def add_segcls_config(cfg):
     # warn_only=True), cudnn.deterministic) for run-to-run identical results at some speed cost.
     # CPU training with a fixed SEED is bitwise repeatable without it.
     cfg.SEGCLS.DETERMINISTIC = False
+    from .modeling.heads.attention import add_context_heads_config; add_context_heads_config(cfg)  # noqa: E702
+    from .modeling.losses.config import add_pixel_loss_config; add_pixel_loss_config(cfg)  # noqa: E702
     return cfg
 
 
