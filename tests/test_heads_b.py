@@ -19,7 +19,6 @@ from segcls.modeling.heads.cpnet import affinity_loss, ideal_affinity
 from segcls.modeling.heads.ocr import ObjectContext, OCRHead, object_region_representations
 from segcls.modeling.registry import build_decode_head
 
-torch.set_num_threads(1)  # tiny tensors on a shared 2-core machine: threads only contend
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_CLASSES = 5
 TINY = [

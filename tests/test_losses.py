@@ -18,7 +18,6 @@ from segcls.modeling.losses import (
 )
 from segcls.modeling.registry import PIXEL_LOSS_REGISTRY, build_pixel_losses
 
-torch.set_num_threads(1)  # tiny tensors on a shared 2-core machine: threads only contend
 IGNORE = 255
 N, K, H, W = 2, 4, 5, 6
 
