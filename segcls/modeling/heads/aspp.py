@@ -289,7 +289,8 @@ class DeepLabV3PlusHead(nn.Module):
         low_channels = node.DEEPLABV3PLUS.LOW_LEVEL_CHANNELS
         block = separable_conv_norm_act if node.ASPP.SEPARABLE else conv_norm_act
         concat_channels = aspp.out_channels + low_channels
-        convs = [block(concat_channels if i == 0 else node.CHANNELS, node.CHANNELS, 3, node.NORM) for i in range(num_convs - 1)]
+        ch = node.CHANNELS
+        convs = [block(concat_channels if i == 0 else ch, ch, 3, node.NORM) for i in range(num_convs - 1)]
         return {
             "low_feature": low,
             "high_feature": high,
@@ -297,7 +298,7 @@ class DeepLabV3PlusHead(nn.Module):
             "aspp": aspp,
             "low_project": conv_norm_act(input_shape[low].channels, low_channels, 1, node.NORM),
             "convs": nn.Sequential(*convs),
-            "tail": HeadTail.from_node(node, concat_channels if num_convs == 1 else node.CHANNELS, node.CHANNELS),
+            "tail": HeadTail.from_node(node, concat_channels if num_convs == 1 else ch, ch),
             "align_corners": cfg.MODEL.ALIGN_CORNERS,
         }
 

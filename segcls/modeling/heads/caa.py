@@ -181,7 +181,9 @@ class ChannelizedAttention(nn.Module):
         self.queries = nn.ModuleList([conv_norm_act(channels, key_channels, 1, norm) for _ in range(steps)])
         self.gates = None
         if channelized:
-            self.gates = nn.ModuleList([ChannelGate(channels, gate_hidden, gate_layers, gate_slope) for _ in range(steps)])
+            self.gates = nn.ModuleList(
+                [ChannelGate(channels, gate_hidden, gate_layers, gate_slope) for _ in range(steps)]
+            )
 
     def _step(self, index: int, attn: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
         gate = None if self.gates is None else self.gates[index]
