@@ -1,6 +1,8 @@
 """Decode heads ASPP (DeepLabV3), KSAC, DeepLabV3+, PSP, UperNet and CAA through the full
 PerPixelSegmentor on a tiny ResNet-18: shapes in train/eval mode, use as the auxiliary head, CAR's
 projection and change "A", a few training iterations, and configuration errors."""
+from pathlib import Path
+
 import pytest
 import torch
 from detectron2.layers import ShapeSpec
@@ -10,6 +12,7 @@ from segcls.engine.defaults import load_config
 from segcls.modeling.heads import ASPPHead, CAAHead, DeepLabV3PlusHead, PSPHead, UPerHead
 from segcls.modeling.heads.blocks import PyramidPooling
 from segcls.modeling.heads.tail import HeadTail
+from segcls.modeling.registry import build_decode_head
 
 K = 5
 SIZE = 64
@@ -185,3 +188,18 @@ def test_pyramid_pooling_branches():
     assert torch.allclose(out[:, 3:5], out[:, 3:5, :1, :1].expand(-1, -1, 8, 8))
     pooled = ppm.branches[0](x.mean((2, 3), keepdim=True))
     assert torch.allclose(out[:, 3:5, 0, 0], pooled[:, :, 0, 0])
+
+
+ADE20K_CONFIGS = sorted(p for p in (Path(__file__).parents[1] / "configs" / "ade20k").glob("*.yaml") if p.name[0] != "B")
+
+
+@pytest.mark.parametrize("path", ADE20K_CONFIGS, ids=lambda p: p.stem)
+def test_ade20k_configs_build_their_head(path):
+    """Every per-head ADE20K yaml loads and its head builds (with small channels) on fake feature shapes."""
+    cfg = load_config(str(path), ["MODEL.DECODE_HEAD.CHANNELS", 8, "MODEL.DECODE_HEAD.CAA.OUT_CHANNELS", 8])
+    assert cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES == 150 and cfg.SOLVER.MAX_ITER in (80000, 160000)
+    assert cfg.MODEL.RESNETS.DEPTH == 50
+    stride = cfg.MODEL.RESNETS.OUTPUT_STRIDE
+    shapes = {f"res{i}": ShapeSpec(channels=8, stride=min(2**i, stride)) for i in (2, 3, 4, 5)}
+    head = build_decode_head(cfg, shapes)
+    assert type(head).__name__ == cfg.MODEL.DECODE_HEAD.NAME
