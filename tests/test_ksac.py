@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from detectron2.layers import ShapeSpec
 
 from segcls.engine.defaults import load_config
-from segcls.modeling.heads import ASPPHead, KSACHead
+from segcls.modeling.heads import ASPPHead, DeepLabV3PlusHead, KSACHead
 from segcls.modeling.heads.aspp import ASPP, SharedAtrousConv
 
 
@@ -90,3 +90,19 @@ def test_merge_modes():
     torch.testing.assert_close(summed(x), expected)
     concat_only = ASPP(6, 4, (1, 2), merge="concat")
     assert concat_only.out_channels == 4 * 4 and concat_only(x).shape == (2, 16, 5, 5)
+
+
+def test_deeplabv3plus_with_ksac_encoder():
+    """The thesis' "KSAC + D" (Table 2.1): DeepLabV3+ whose encoder shares one kernel."""
+    cfg = load_config(
+        opts=["MODEL.DECODE_HEAD.IN_FEATURES", ["res2", "res5"], "MODEL.DECODE_HEAD.CHANNELS", 8,
+              "MODEL.DECODE_HEAD.DEEPLABV3PLUS.ENCODER", "KSAC"]
+    )  # fmt: skip
+    shapes = {"res2": ShapeSpec(channels=4, stride=4), "res5": ShapeSpec(channels=16, stride=16)}
+    plus = DeepLabV3PlusHead(cfg, shapes)
+    assert [tuple(w.shape) for w in conv_weights(plus.aspp.atrous)] == [(8, 16, 3, 3)]
+    out = plus.eval()({"res2": torch.randn(2, 4, 12, 12), "res5": torch.randn(2, 16, 3, 3)})
+    assert out["pixel_feature"].shape == (2, 8, 12, 12)
+    cfg.MODEL.DECODE_HEAD.ASPP.SEPARABLE = True
+    with pytest.raises(ValueError, match="SEPARABLE"):
+        DeepLabV3PlusHead(cfg, shapes)
