@@ -11,14 +11,6 @@ from segcls.modeling.heads.caa import ChannelGate, ChannelizedAttention, collaps
 N, C, D, H, W = 2, 6, 4, 5, 4
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make_attention(**kwargs):
     torch.manual_seed(0)
     att = ChannelizedAttention(C, D, gate_layers=5, gate_hidden=3, **kwargs).double()

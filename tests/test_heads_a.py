@@ -37,15 +37,6 @@ HEADS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny tensors: one thread is faster than two on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def head_opts(node, name, extra):
     opts = [f"{node}.NAME", name]
     for key, value in zip(extra[::2], extra[1::2]):

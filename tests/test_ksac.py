@@ -9,14 +9,6 @@ from segcls.modeling.heads import ASPPHead, DeepLabV3PlusHead, KSACHead
 from segcls.modeling.heads.aspp import ASPP, SharedAtrousConv
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def head(cls, in_channels, stride, *opts):
     cfg = load_config(opts=["MODEL.DEVICE", "cpu", *opts])
     return cls(cfg, {"res5": ShapeSpec(channels=in_channels, stride=stride)})

@@ -149,7 +149,7 @@ def flops_section(args):
         aspp, ksac = by_key[(stride, "ASPPHead built as KSAC")], by_key[(stride, "KSACHead")]
         print(
             f"OS{stride}: KSAC vs ASPP built the same way: {1e6 * (aspp['head_params_M'] - ksac['head_params_M']):,.0f} "
-            f"fewer parameters, {aspp['head_GFLOPs'] - ksac['head_GFLOPs']:.3f} GFLOPs fewer measured "
+            f"fewer parameters, {aspp['head_GFLOPs'] - ksac['head_GFLOPs']:.4f} GFLOPs fewer measured "
             f"(thesis Table 2.1 claims ~{THESIS_KSAC_SAVING[stride]} GFLOPs saved)"
         )
     return results
