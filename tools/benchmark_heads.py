@@ -36,10 +36,11 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from detectron2.modeling import build_backbone
+from detectron2.modeling import build_backbone, build_model
 from fvcore.nn import FlopCountAnalysis, parameter_count
 from tabulate import tabulate
 from torch import nn
+from torchvision.models.segmentation import deeplabv3_resnet50
 
 import segcls
 from segcls.engine.defaults import load_config
@@ -159,9 +160,6 @@ def flops_section(args):
 # (b) DeepLabV3-R50: segcls vs torchvision
 # ------------------------------------------------------------------------------------------------
 def build_deeplab_pair(device):
-    from detectron2.modeling import build_model
-    from torchvision.models.segmentation import deeplabv3_resnet50
-
     cfg = load_config(
         opts=[
             "MODEL.DEVICE", device,
