@@ -170,6 +170,9 @@ def add_segcls_config(cfg):
     cfg.SEGCLS.DETERMINISTIC = False
     from .modeling.heads.attention import add_context_heads_config; add_context_heads_config(cfg)  # noqa: E702
     from .modeling.losses.config import add_pixel_loss_config; add_pixel_loss_config(cfg)  # noqa: E702
+    from .modeling.heads.aspp import add_aspp_config; add_aspp_config(cfg)  # noqa: E702
+    from .modeling.heads.psp import add_ppm_config; add_ppm_config(cfg)  # noqa: E702
+    from .modeling.heads.caa import add_caa_config; add_caa_config(cfg)  # noqa: E702
     return cfg
 
 
