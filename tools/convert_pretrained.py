@@ -15,20 +15,18 @@ written with torch.save.
 import argparse
 import logging
 import os
-import sys
 
 import torch
 from detectron2.modeling import build_backbone
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import segcls  # noqa: E402,F401  (registers the backbones)
-from segcls.engine.defaults import load_config  # noqa: E402
-from segcls.modeling.backbone.weights import detectron2_checkpoint, load_backbone_weights  # noqa: E402
+import segcls  # noqa: F401  (registers the backbones)
+from segcls.engine.defaults import load_config
+from segcls.modeling.backbone.weights import detectron2_checkpoint, load_backbone_weights
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config-file", required=True, help="segcls config whose backbone the weights are for")
+    parser.add_argument("--config-file", default="", help="segcls config whose backbone the weights are for (default: segcls defaults)")
     parser.add_argument("--input", required=True, help="local checkpoint (.pth/.pt/.bin/.safetensors)")
     parser.add_argument("--output", required=True, help="detectron2 checkpoint to write (.pth)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")

@@ -144,10 +144,9 @@ class TimmBackbone(Backbone):
             raise ValueError(f"MODEL.TIMM.OUTPUT_STRIDE={output_stride}: expected 8, 16 or 32")
         if norm not in _NORMS:
             raise ValueError(f"MODEL.TIMM.NORM={norm!r}: expected one of {_NORMS}")
-        try:
-            family = timm.models.model_entrypoint(timm.models.get_arch_name(model_name)).__module__
-        except RuntimeError:
-            raise ValueError(f"MODEL.TIMM.NAME={model_name!r}: not a timm model (see timm.list_models())") from None
+        if not timm.is_model(model_name):
+            raise ValueError(f"MODEL.TIMM.NAME={model_name!r}: not a timm model (see timm.list_models())")
+        family = timm.models.model_entrypoint(model_name).__module__
         self._is_hrnet = family.endswith(".hrnet")
         kwargs = {"in_chans": in_chans, "drop_path_rate": drop_path_rate, **(model_kwargs or {})}
         if self._is_hrnet:

@@ -91,7 +91,7 @@ def load_checked_state_dict(
     logger.info(f"Loaded {len(matched)} of {len(target)} tensors of {description} from '{path}'")
     missing = [k for k in target if k not in matched and not k.endswith("num_batches_tracked")]
     skipped = set(skipped)
-    unexpected = [k for k in state_dict if k not in target and k not in skipped]
+    unexpected = [k for k in state_dict if k not in target and k not in skipped and not k.endswith("num_batches_tracked")]
     unused = [k for k in state_dict if k in skipped]
     if missing:
         logger.warning(f"{description}: keep their initialisation, {get_missing_parameters_message(missing)}")
