@@ -166,6 +166,22 @@ def test_hrnetv2_is_the_upsampled_concatenation_of_the_branches():
     assert out["res2"].shape[1] == 16
 
 
+def test_segmentor_trains_on_the_hrnetv2_feature():
+    """The HRNet config feeds "hrnetv2" to the decode head; inputs are padded to size_divisibility."""
+    from detectron2.modeling import build_model
+
+    opts = ["MODEL.TIMM.NAME", "hrnet_w18_small", "MODEL.DEVICE", "cpu", "MODEL.SEM_SEG_HEAD.NUM_CLASSES", 5]
+    model = build_model(_cfg("hrnet_w18.yaml", *opts, "MODEL.DECODE_HEAD.CHANNELS", 16))
+    assert model.size_divisibility == 32
+    batch = [{"image": torch.randint(0, 255, (3, 60, 52), dtype=torch.uint8), "sem_seg": torch.randint(0, 5, (60, 52))}]
+    losses = model(batch)
+    sum(losses.values()).backward()
+    assert torch.isfinite(sum(losses.values()))
+    assert (model.decode_head.in_feature, model.decode_head.out_stride) == ("hrnetv2", 4)
+    with torch.no_grad():
+        assert model.eval()(batch)[0]["sem_seg"].shape == (5, 60, 52)
+
+
 # ------------------------------------------------------------------------------------------------
 # Swin
 # ------------------------------------------------------------------------------------------------
@@ -316,13 +332,15 @@ def test_official_swin_checkpoint_is_converted(tmp_path):
     assert sa.keys() == sb.keys()
     for k in sa:
         torch.testing.assert_close(sa[k], sb[k])
-    torch.testing.assert_close(sa["model.layers_1.downsample.reduction.weight"], full.layers[1].downsample.reduction.weight)
+    downsample = full.layers[1].downsample.reduction.weight
+    torch.testing.assert_close(sa["model.layers_1.downsample.reduction.weight"], downsample)
 
 
 def test_mismatched_checkpoint_is_a_clear_error(tmp_path):
     path = str(tmp_path / "femto.pth")
     torch.save(timm.create_model("convnext_femto").state_dict(), path)
-    with pytest.raises(ValueError, match=r"femto.pth' does not match timm convnext_atto.*first: stem_0.weight: \(48, 3, 4, 4\)"):
+    message = r"femto.pth' does not match timm convnext_atto.*first: stem_0.weight: \(48, 3, 4, 4\) in the file"
+    with pytest.raises(ValueError, match=message):
         TimmBackbone("convnext_atto", weights=path)
 
 
@@ -375,7 +393,8 @@ def test_convert_pretrained_tool_feeds_model_weights(tmp_path):
     source, output = str(tmp_path / "r18.pth"), str(tmp_path / "r18_d2.pth")
     torch.save(tv.state_dict(), source)
     opts = ["MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64", "MODEL.RESNETS.OUTPUT_STRIDE", "32"]
-    spec = importlib.util.spec_from_file_location("convert_pretrained", os.path.join(ROOT, "tools", "convert_pretrained.py"))
+    tool_path = os.path.join(ROOT, "tools", "convert_pretrained.py")
+    spec = importlib.util.spec_from_file_location("convert_pretrained", tool_path)
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
     tool.main(["--input", source, "--output", output] + opts)

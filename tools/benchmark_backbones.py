@@ -53,21 +53,23 @@ class Variant(NamedTuple):
 
 
 _SWIN = "Liu et al. 2021 (Swin), Tab. 1"
+_HRNET = "HRNet-Image-Classification README"
+_TV = "torchvision model table"
 VARIANTS = [
     Variant("Swin-T", "swin_tiny.yaml", (), False, Reference(28, 4.5, 224, _SWIN)),
     Variant("Swin-B (w12)", "swin_base.yaml", (), False, Reference(88, 47.0, 384, _SWIN)),
     Variant("Swin-L (w12)", "swin_large.yaml", (), False, Reference(197, 103.9, 384, _SWIN)),
-    Variant("ConvNeXt-L", "convnext_large.yaml", (), True, Reference(198, 34.4, 224, "Liu et al. 2022 (ConvNeXt), Tab. 1")),
+    Variant("ConvNeXt-L", "convnext_large.yaml", (), True, Reference(198, 34.4, 224, "Liu et al. 2022 (ConvNeXt)")),
     Variant("EfficientNet-B5", "efficientnet_b5.yaml", (), True, Reference(30, 9.9, 456, "Tan & Le 2019, Tab. 2")),
     Variant("EfficientNet-B7", "efficientnet_b7.yaml", (), True, Reference(66, 37.0, 600, "Tan & Le 2019, Tab. 2")),
-    Variant("HRNet-W18", "hrnet_w18.yaml", (), False, Reference(21.3, 3.99, 224, "HRNet-Image-Classification README (W18-C)")),
-    Variant("HRNet-W48", "hrnet_w48.yaml", (), False, Reference(77.5, 16.1, 224, "HRNet-Image-Classification README (W48-C)")),
+    Variant("HRNet-W18", "hrnet_w18.yaml", (), False, Reference(21.3, 3.99, 224, _HRNET + " (W18-C)")),
+    Variant("HRNet-W48", "hrnet_w48.yaml", (), False, Reference(77.5, 16.1, 224, _HRNET + " (W48-C)")),
     Variant("MobileNetV2", "mobilenetv2.yaml", (), True, Reference(3.4, 0.300, 224, "Sandler et al. 2018, Tab. 4")),
-    Variant("ResNet-50", "resnet50d.yaml", ("MODEL.TIMM.NAME", "resnet50"), True, Reference(25.6, 4.1, 224, "torchvision model table")),
-    Variant("ResNet-101", "resnet50d.yaml", ("MODEL.TIMM.NAME", "resnet101"), True, Reference(44.5, 7.8, 224, "torchvision model table")),
-    Variant("ResNet-50-D", "resnet50d.yaml", (), True, Reference(25.6, 4.35, 224, "He et al. 2019 (Bag of Tricks), Tab. 5")),
+    Variant("ResNet-50", "resnet50d.yaml", ("MODEL.TIMM.NAME", "resnet50"), True, Reference(25.6, 4.1, 224, _TV)),
+    Variant("ResNet-101", "resnet50d.yaml", ("MODEL.TIMM.NAME", "resnet101"), True, Reference(44.5, 7.8, 224, _TV)),
+    Variant("ResNet-50-D", "resnet50d.yaml", (), True, Reference(25.6, 4.35, 224, "timm results table (resnet50d)")),
     Variant("ResNet-101-D", "resnet101d.yaml", (), True, Reference(44.6, None, 224, "timm (resnet101d)")),
-    Variant("ResNet-50 (detectron2)", "", ("MODEL.RESNETS.DEPTH", "50"), True, Reference(25.6, 4.1, 224, "torchvision model table")),
+    Variant("ResNet-50 (detectron2)", "", ("MODEL.RESNETS.DEPTH", "50"), True, Reference(25.6, 4.1, 224, _TV)),
 ]
 QUICK = ("MobileNetV2", "ResNet-50-D", "HRNet-W18", "Swin-T")
 

@@ -26,7 +26,7 @@ from segcls.modeling.backbone.weights import detectron2_checkpoint, load_backbon
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config-file", default="", help="segcls config whose backbone the weights are for (default: segcls defaults)")
+    parser.add_argument("--config-file", default="", help="segcls config of the backbone (default: segcls defaults)")
     parser.add_argument("--input", required=True, help="local checkpoint (.pth/.pt/.bin/.safetensors)")
     parser.add_argument("--output", required=True, help="detectron2 checkpoint to write (.pth)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
@@ -37,10 +37,12 @@ def main(argv=None):
     cfg.MODEL.TIMM.WEIGHTS = ""  # the input is loaded below, once
     backbone = build_backbone(cfg)
     load_backbone_weights(backbone, args.input, "--input")
-    checkpoint = detectron2_checkpoint(backbone, f"segcls tools/convert_pretrained.py from {os.path.basename(args.input)}")
+    author = f"segcls tools/convert_pretrained.py from {os.path.basename(args.input)}"
+    checkpoint = detectron2_checkpoint(backbone, author)
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     torch.save(checkpoint, args.output)
-    print(f"wrote {args.output}: {len(checkpoint['model'])} tensors for {cfg.MODEL.BACKBONE.NAME}; use MODEL.WEIGHTS {args.output}")
+    print(f"wrote {args.output}: {len(checkpoint['model'])} tensors of {cfg.MODEL.BACKBONE.NAME}")
+    print(f"use it with MODEL.WEIGHTS {args.output}")
 
 
 if __name__ == "__main__":

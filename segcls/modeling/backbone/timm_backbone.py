@@ -172,7 +172,9 @@ class TimmBackbone(Backbone):
         out_indices = sorted(needed)
         self._level_names = [_LEVEL_NAMES[nominal[i]] for i in out_indices]
         module_names = dict(zip(probe.feature_info.out_indices, probe.feature_info.module_name()))
-        self._stage_modules = _HRNET_STAGE_MODULES if self._is_hrnet else [module_names[i] for i in sorted(levels.values())]
+        self._stage_modules = (
+            _HRNET_STAGE_MODULES if self._is_hrnet else [module_names[i] for i in sorted(levels.values())]
+        )
 
         if output_stride != 32:
             kwargs["output_stride"] = output_stride
@@ -254,7 +256,9 @@ class TimmBackbone(Backbone):
         """HRNetV2: the 4 branches (N, C_i, H / 2^(i+2), W / 2^(i+2)) upsampled to the first one's
         size and concatenated -> (N, sum C_i, H / 4, W / 4)."""
         size = branches[0].shape[-2:]
-        upsampled = [F.interpolate(b, size=size, mode="bilinear", align_corners=self.align_corners) for b in branches[1:]]
+        upsampled = [
+            F.interpolate(b, size=size, mode="bilinear", align_corners=self.align_corners) for b in branches[1:]
+        ]
         return torch.cat([branches[0]] + upsampled, dim=1)
 
     def stage_ids(self) -> Dict[str, int]:
@@ -316,8 +320,14 @@ class TimmBackbone(Backbone):
         to_features = {v: k for k, v in to_full.items()}
         state_dict = {to_full.get(k, k): v for k, v in state_dict.items()}
         filter_fn = getattr(sys.modules[type(full).__module__], "checkpoint_filter_fn", None)
-        if filter_fn is not None:
-            state_dict = filter_fn(state_dict, full)
+        if filter_fn is not None:  # converts official releases (Swin, ConvNeXt, ...) to timm's names
+            try:
+                state_dict = filter_fn(state_dict, full)
+            except (KeyError, RuntimeError) as e:
+                raise ValueError(
+                    f"MODEL.TIMM.WEIGHTS: timm's checkpoint_filter_fn for {model_name} failed on '{path}' "
+                    f"({type(e).__name__}: {e}); does the file hold tensors that are not part of {model_name}?"
+                ) from e
         outside = {k for k in state_dict if k in full_keys and k not in to_features}
         state_dict = {to_features.get(k, k): v for k, v in state_dict.items()}
         load_checked_state_dict(self.model, state_dict, path, f"timm {model_name} (features_only)", skipped=outside)

@@ -48,7 +48,9 @@ def read_state_dict(path: str, key: str = "weights") -> Dict[str, torch.Tensor]:
         obj = next(obj[c] for c in _CONTAINERS if isinstance(obj.get(c), dict))
     state_dict = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)} if isinstance(obj, dict) else {}
     if not state_dict:
-        raise ValueError(f"{key}: '{path}' holds no tensors (expected a state dict, possibly under 'state_dict' or 'model')")
+        raise ValueError(
+            f"{key}: '{path}' holds no tensors (expected a state dict, possibly under 'state_dict' or 'model')"
+        )
     stripped = {}
     for name, tensor in state_dict.items():
         while name.startswith(_PREFIXES):
@@ -91,14 +93,16 @@ def load_checked_state_dict(
     logger.info(f"Loaded {len(matched)} of {len(target)} tensors of {description} from '{path}'")
     missing = [k for k in target if k not in matched and not k.endswith("num_batches_tracked")]
     skipped = set(skipped)
-    unexpected = [k for k in state_dict if k not in target and k not in skipped and not k.endswith("num_batches_tracked")]
+    unexpected = [
+        k for k in state_dict if k not in target and k not in skipped and not k.endswith("num_batches_tracked")
+    ]
     unused = [k for k in state_dict if k in skipped]
     if missing:
-        logger.warning(f"{description}: keep their initialisation, {get_missing_parameters_message(missing)}")
+        logger.warning(f"Loading '{path}' into {description}: {get_missing_parameters_message(missing)}")
     if unexpected:
-        logger.warning(f"'{path}': not used by {description}, {get_unexpected_parameters_message(unexpected)}")
+        logger.warning(f"Loading '{path}' into {description}: {get_unexpected_parameters_message(unexpected)}")
     if unused:
-        logger.info(f"'{path}': skipped (outside {description}): {len(unused)} tensors, e.g. {unused[:3]}")
+        logger.info(f"Loading '{path}' into {description}: skipped {len(unused)} tensors outside it, e.g. {unused[:3]}")
 
 
 def torchvision_to_detectron2_resnet(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
@@ -131,7 +135,9 @@ def load_backbone_weights(backbone: torch.nn.Module, path: str, key: str = "weig
             state_dict = torchvision_to_detectron2_resnet(state_dict)
         load_checked_state_dict(backbone, state_dict, path, "detectron2 ResNet", skipped=("fc.weight", "fc.bias"))
     else:
-        raise TypeError(f"cannot load weights into a {type(backbone).__name__}: expected TimmBackbone or detectron2's ResNet")
+        raise TypeError(
+            f"cannot load weights into a {type(backbone).__name__}: expected TimmBackbone or detectron2's ResNet"
+        )
 
 
 def detectron2_checkpoint(backbone: torch.nn.Module, author: str) -> dict:
