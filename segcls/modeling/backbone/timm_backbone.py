@@ -74,6 +74,8 @@ def add_timm_backbone_config(cfg):
     # MobileNetV2). The CNN configs in configs/backbones use 8, as the CAR/CAC papers.
     cfg.MODEL.TIMM.OUTPUT_STRIDE = 32
     # BatchNorm type: "BN", "SyncBN" or "FrozenBN" (no effect on LayerNorm models: Swin, ConvNeXt).
+    # Frozen stages: detectron2's MODEL.BACKBONE.FREEZE_AT, as for the ResNet backbone (0 = none,
+    # 1 = stem, k = stem + res2..res_k).
     cfg.MODEL.TIMM.NORM = "BN"
     # Stochastic depth rate (0.3 for Swin-T/B/L, 0.4 for ConvNeXt-L in mmsegmentation's UperNet
     # recipes); must be 0 for models without stochastic depth (HRNet).
