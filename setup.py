@@ -20,6 +20,8 @@ setup(
         "opencv-python-headless",
         "fvcore",
         "tabulate",
+        "timm>=1.0.31",  # segcls patches its Swin block and loads through its filters: tested with 1.0.31
+        "safetensors",
     ],
     extras_require={"dev": ["pytest", "pytest-timeout"]},
 )

@@ -156,6 +156,13 @@ def add_segcls_config(cfg):
     # No weight decay on normalisation layers (WEIGHT_DECAY_NORM) and biases (WEIGHT_DECAY_BIAS).
     cfg.SOLVER.WEIGHT_DECAY_NORM = 0.0
     cfg.SOLVER.WEIGHT_DECAY_BIAS = 0.0
+    # Weight decay of position tables (parameters named *pos_embed*, *relative_position_bias_table*,
+    # *cls_token*), as the Swin/ViT recipes.
+    cfg.SOLVER.WEIGHT_DECAY_EMBED = 0.0
+    # Layer-wise LR decay of the backbone: a parameter of stage s (0 = stem, 1..S = res2..res5,
+    # see segcls.modeling.backbone.utils) gets lr * LAYER_DECAY ** (S + 1 - s); heads keep lr.
+    # 1.0 = off (ConvNeXt's UperNet recipe uses 0.9).
+    cfg.SOLVER.LAYER_DECAY = 1.0
     cfg.SOLVER.CHECKPOINT_PERIOD = 5000
 
     # ---------------------------------------------------------------------------------------------
@@ -173,6 +180,7 @@ def add_segcls_config(cfg):
     from .modeling.heads.aspp import add_aspp_config; add_aspp_config(cfg)  # noqa: E702
     from .modeling.heads.psp import add_ppm_config; add_ppm_config(cfg)  # noqa: E702
     from .modeling.heads.caa import add_caa_config; add_caa_config(cfg)  # noqa: E702
+    from .modeling.backbone.timm_backbone import add_timm_backbone_config; add_timm_backbone_config(cfg)  # noqa: E702
     return cfg
 
 
