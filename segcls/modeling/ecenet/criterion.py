@@ -96,9 +96,7 @@ class ECENetCriterion(nn.Module):
         self.div_weight = div_weight
         self.deep_supervision = deep_supervision
         self.align_corners = align_corners
-        empty_weight = torch.ones(num_classes + 1)
-        empty_weight[-1] = no_object_weight
-        self.register_buffer("empty_weight", empty_weight, persistent=False)
+        self.no_object_weight = no_object_weight
 
     @classmethod
     def from_config(cls, cfg):
@@ -122,9 +120,9 @@ class ECENetCriterion(nn.Module):
         n = self.num_classes
         classes = torch.arange(n, device=targets.device).expand_as(present)
         target_classes = torch.where(present, classes, torch.full_like(classes, n))
-        loss_cls = F.cross_entropy(
-            cls_logits.transpose(1, 2), target_classes, weight=self.empty_weight.to(cls_logits.dtype)
-        )
+        class_weights = torch.ones(n + 1, dtype=cls_logits.dtype, device=cls_logits.device)
+        class_weights[n] = self.no_object_weight
+        loss_cls = F.cross_entropy(cls_logits.transpose(1, 2), target_classes, weight=class_weights)
         batch_idx, class_idx = present.nonzero(as_tuple=True)
         num_masks = max(len(batch_idx), 1)
         src = F.interpolate(
