@@ -76,10 +76,11 @@ def main(argv=None):
     result = analyze(cfg, args.height, args.width, args.max_depth)
     print(result["table"])
     if result["unsupported_ops"]:
-        print("Operators counted as 0 flops: " + ", ".join(f"{k} x{v}" for k, v in sorted(result["unsupported_ops"].items())))
+        ops = ", ".join(f"{k} x{v}" for k, v in sorted(result["unsupported_ops"].items()))
+        print(f"Operators counted as 0 flops: {ops}")
     print(
         f"{cfg.MODEL.META_ARCHITECTURE} at {args.height}x{args.width}: "
-        f"{result['params'] / 1e6:.1f}M parameters, {result['flops'] / 1e9:.1f} GFLOPs"
+        f"{result['params'] / 1e6:.4g}M parameters, {result['flops'] / 1e9:.4g} GFLOPs"
     )
     return result
 

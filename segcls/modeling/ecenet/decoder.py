@@ -67,7 +67,8 @@ class ECENetDecoder(nn.Module):
         num_stages = len(in_features)
         if num_stages < 2 or len(in_channels) != num_stages or len(in_strides) != num_stages:
             raise ValueError(
-                f"MODEL.ECENET.IN_FEATURES={list(in_features)}: need at least 2 features, each with a channel count and stride"
+                f"MODEL.ECENET.IN_FEATURES={list(in_features)}: need at least 2 features, each with a channel "
+                "count and stride"
             )
         if any(s % in_strides[0] or s < p for p, s in zip(in_strides, in_strides[1:])):
             raise ValueError(
@@ -131,6 +132,11 @@ class ECENetDecoder(nn.Module):
         """The ECE of use ``use`` (0: the first masks, k: the k-th SAU stage)."""
         return self.eces[0 if len(self.eces) == 1 else use]
 
+    def resize(self, x: torch.Tensor, size) -> torch.Tensor:
+        if x.shape[-2:] == size:
+            return x
+        return F.interpolate(x, size=size, mode="bilinear", align_corners=self.align_corners)
+
     def forward(self, features: Dict[str, torch.Tensor]) -> Dict[str, List[torch.Tensor]]:
         xs, diverse = [], []
         for i, name in enumerate(self.in_features):
@@ -148,11 +154,7 @@ class ECENetDecoder(nn.Module):
             masks.append(sim)
             embeddings.append(self.updaters[use - 1](self.ece(use)(sim), embeddings[-1]))  # Eqs. 8-10
         size = xs[0].shape[-2:]
-        resized = [
-            m if m.shape[-2:] == size else F.interpolate(m, size=size, mode="bilinear", align_corners=self.align_corners)
-            for m in masks
-        ]
-        cumulative = list(itertools.accumulate(resized))
+        cumulative = list(itertools.accumulate(self.resize(m, size) for m in masks))
         class_logits = [self.class_head(g) for g in embeddings]
         probs = class_logits[-1].softmax(dim=-1)[..., :-1]
         pred = self.aggregation(enhanced) + torch.einsum("bqc,bqhw->bchw", probs, cumulative[-1].sigmoid())
