@@ -26,7 +26,8 @@ class PerPixelSegmentor(SemSegIOMixin, nn.Module):
       (labels with ``ignore_value``) with ``ImageList.from_tensors``;
     - training returns a dict of scalar losses; inference returns ``[{"sem_seg": (K, height, width)}]``
       logits resized to each image's output size.
-    (Pre- and postprocessing: :class:`~segcls.modeling.meta_arch.utils.SemSegIOMixin`.)
+
+    Pre- and postprocessing are :class:`~segcls.modeling.meta_arch.utils.SemSegIOMixin`'s.
 
     Losses: every ``"pred*"`` output of the decode head and the classifier is resized (bilinear)
     to the padded label size and scored with the head's pixel losses; ``"loss_*"`` outputs are
