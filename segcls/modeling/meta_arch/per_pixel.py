@@ -7,17 +7,15 @@ import torch
 from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
-from detectron2.modeling.postprocessing import sem_seg_postprocess
-from detectron2.structures import ImageList
 from torch import nn
-from torch.nn import functional as F
 
 from ..classifiers import LinearClassifier
 from ..registry import build_classifier, build_decode_head, build_pixel_losses, build_regularizers
+from .utils import SemSegIOMixin
 
 
 @META_ARCH_REGISTRY.register()
-class PerPixelSegmentor(nn.Module):
+class PerPixelSegmentor(SemSegIOMixin, nn.Module):
     """
     Keeps detectron2's ``SemanticSegmentor`` contract, so detectron2's evaluators and tools work:
 
@@ -28,6 +26,8 @@ class PerPixelSegmentor(nn.Module):
       (labels with ``ignore_value``) with ``ImageList.from_tensors``;
     - training returns a dict of scalar losses; inference returns ``[{"sem_seg": (K, height, width)}]``
       logits resized to each image's output size.
+
+    Pre- and postprocessing are :class:`~segcls.modeling.meta_arch.utils.SemSegIOMixin`'s.
 
     Losses: every ``"pred*"`` output of the decode head and the classifier is resized (bilinear)
     to the padded label size and scored with the head's pixel losses; ``"loss_*"`` outputs are
@@ -74,11 +74,13 @@ class PerPixelSegmentor(nn.Module):
         self.aux_loss_weights = list(aux_loss_weights)
         self.regularizers = nn.ModuleList(regularizers)
         self.num_classes = num_classes
-        self.ignore_value = ignore_value
-        self.size_divisibility = backbone.size_divisibility if size_divisibility < 0 else size_divisibility
-        self.align_corners = align_corners
-        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
-        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
+        self.init_io(
+            pixel_mean=pixel_mean,
+            pixel_std=pixel_std,
+            ignore_value=ignore_value,
+            size_divisibility=backbone.size_divisibility if size_divisibility < 0 else size_divisibility,
+            align_corners=align_corners,
+        )
 
     @classmethod
     def from_config(cls, cfg):
@@ -113,20 +115,6 @@ class PerPixelSegmentor(nn.Module):
             )
         return ret
 
-    @property
-    def device(self):
-        return self.pixel_mean.device
-
-    def preprocess(self, batched_inputs: List[dict]):
-        """Normalise and pad images; pad labels with the ignore value. Returns (ImageList, targets or None)."""
-        images = [(x["image"].to(self.device) - self.pixel_mean) / self.pixel_std for x in batched_inputs]
-        images = ImageList.from_tensors(images, self.size_divisibility)
-        targets = None
-        if "sem_seg" in batched_inputs[0]:
-            targets = [x["sem_seg"].to(self.device) for x in batched_inputs]
-            targets = ImageList.from_tensors(targets, self.size_divisibility, pad_value=self.ignore_value).tensor
-        return images, targets
-
     def predict(self, images: torch.Tensor, targets: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
         """Run backbone, head and classifier on a normalised (N, 3, H, W) batch; returns their outputs
         merged into one dict (``"pred"``: (N, K, h, w) logits at the head's resolution)."""
@@ -143,26 +131,8 @@ class PerPixelSegmentor(nn.Module):
     def forward(self, batched_inputs: List[dict]):
         images, targets = self.preprocess(batched_inputs)
         if self.training:
-            if targets is None:
-                raise ValueError("PerPixelSegmentor in training mode needs 'sem_seg' in every input dict")
             return self.compute_losses(self.predict(images.tensor, targets), targets)
-        logits = self.predict(images.tensor)["pred"]
-        logits = self.resize(logits, images.tensor.shape[-2:])
-        results = []
-        for logit, image_size, inp in zip(logits, images.image_sizes, batched_inputs):
-            height = inp.get("height", image_size[0])
-            width = inp.get("width", image_size[1])
-            results.append({"sem_seg": sem_seg_postprocess(logit, image_size, height, width)})
-        return results
-
-    def resize(self, logits: torch.Tensor, size) -> torch.Tensor:
-        if tuple(logits.shape[-2:]) == tuple(size):
-            return logits
-        return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=self.align_corners)
-
-    def pixel_losses(self, logits, targets, losses, weights, prefix):
-        logits = self.resize(logits, targets.shape[-2:])
-        return {f"{prefix}{loss.name}": w * loss(logits, targets) for loss, w in zip(losses, weights)}
+        return self.postprocess(self.predict(images.tensor)["pred"], images, batched_inputs)
 
     def compute_losses(self, outputs: Dict[str, torch.Tensor], targets: torch.Tensor) -> Dict[str, torch.Tensor]:
         losses = {}
