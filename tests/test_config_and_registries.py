@@ -16,7 +16,7 @@ from segcls.modeling import (
     PIXEL_LOSS_REGISTRY,
     REGULARIZER_REGISTRY,
 )
-from conftest import TINY_MODEL
+from segcls.utils.testing import TINY_MODEL
 
 REPO = os.path.join(os.path.dirname(__file__), "..")
 
