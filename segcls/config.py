@@ -168,6 +168,7 @@ def add_segcls_config(cfg):
     # warn_only=True), cudnn.deterministic) for run-to-run identical results at some speed cost.
     # CPU training with a fixed SEED is bitwise repeatable without it.
     cfg.SEGCLS.DETERMINISTIC = False
+    from .modeling.classifiers.context_aware import add_cac_config; add_cac_config(cfg)  # noqa: E702
     return cfg
 
 
