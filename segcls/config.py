@@ -182,6 +182,7 @@ def add_segcls_config(cfg):
     from .modeling.heads.caa import add_caa_config; add_caa_config(cfg)  # noqa: E702
     from .modeling.backbone.timm_backbone import add_timm_backbone_config; add_timm_backbone_config(cfg)  # noqa: E702
     from .modeling.ecenet.config import add_ecenet_config; add_ecenet_config(cfg)  # noqa: E702
+    from .modeling.classifiers.context_aware import add_cac_config; add_cac_config(cfg)  # noqa: E702
     return cfg
 
 
