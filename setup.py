@@ -20,6 +20,7 @@ setup(
         "opencv-python-headless",
         "fvcore",
         "tabulate",
+        "cityscapesscripts",
     ],
     extras_require={"dev": ["pytest", "pytest-timeout"]},
 )
