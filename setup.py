@@ -21,6 +21,7 @@ setup(
         "fvcore",
         "tabulate",
         "cityscapesscripts",
+        "scipy",  # reading COCO-Stuff-10k .mat annotations (datasets/prepare_coco_stuff_10k_sem_seg.py)
     ],
     extras_require={"dev": ["pytest", "pytest-timeout"]},
 )
