@@ -448,8 +448,8 @@ def test_crop_category_ratio_rule():
     label[:, 20:24] = 255
     label[:, 24:] = 1
     only_class_0, class_0_and_ignore, balanced = (0, 0), (0, 16), (0, 18)  # 8x8 crops at these (y0, x0)
-    # Single-category crops are rejected, ignored pixels not counting as a category; 2+2 pixels columns of
-    # classes 0 and 1 (plus 4 ignored) is accepted.
+    # Single-category crops are rejected, ignored pixels not counting as a category; 2 columns of
+    # class 0, 4 ignored and 2 of class 1 are accepted.
     rng = ScriptedRng([only_class_0, class_0_and_ignore, balanced])
     assert random_crop_box(label, (8, 8), 0.75, 255, rng) == (0, 18, 8, 8)
     # No acceptable crop in 10 tries: the 10th is kept.
@@ -457,6 +457,10 @@ def test_crop_category_ratio_rule():
     assert random_crop_box(label, (8, 8), 0.75, 255, rng) == (0, 16, 8, 8)
     # cat_max_ratio 1.0: no constraint, the first try is kept.
     assert random_crop_box(label, (8, 8), 1.0, 255, ScriptedRng([only_class_0])) == (0, 0, 8, 8)
+    # A crop with only ignored pixels is rejected too.
+    label = np.full((8, 32), 255, np.uint8)
+    label[:, :4], label[:, 4:8] = 0, 1
+    assert random_crop_box(label, (8, 8), 0.75, 255, ScriptedRng([(0, 24), (0, 0)])) == (0, 0, 8, 8)
 
 
 def test_crop_accepts_when_largest_category_below_ratio():
