@@ -1,12 +1,14 @@
 """
 The semantic segmentation mapper: one dataset record -> one model input, for training and testing.
 
-Images are read once (detectron2's ``read_image``, which applies EXIF orientation) and augmented
-with OpenCV only. Labels are read *unconverted* (``np.asarray(Image.open(f))``): a palette PNG
-keeps its indices, which is what the evaluator reads too (detectron2's ``DatasetMapper`` reads
-them with ``convert("L")``, turning palette PNGs into brightness values). Every label is checked:
-2-D, same size as its image, values in ``[0, K)`` or the ignore label; violations raise
-:class:`LabelError` naming the file.
+Images are read once (detectron2's ``read_image``, which applies EXIF orientation; an unreadable
+file raises :class:`ImageReadError` naming it) and augmented with OpenCV only. Labels are read
+*unconverted* by :func:`read_label_image`, the one place segcls reads label files (the dataset
+preparation scripts use it too): a palette PNG keeps its indices, which is what the evaluator
+reads too (detectron2's ``DatasetMapper`` reads them with ``convert("L")``, turning palette PNGs
+into brightness values). Every label is checked: 2-D (a colour image is rejected as such), same
+size as its image, values in ``[0, K)`` or the ignore label; violations raise :class:`LabelError`
+naming the file.
 
 Randomness comes only from the ``rng`` argument (a ``numpy.random.Generator``); the training loader
 derives it from (seed, sample position), so augmentations are reproducible and a resumed run
