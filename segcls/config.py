@@ -156,6 +156,13 @@ def add_segcls_config(cfg):
     # No weight decay on normalisation layers (WEIGHT_DECAY_NORM) and biases (WEIGHT_DECAY_BIAS).
     cfg.SOLVER.WEIGHT_DECAY_NORM = 0.0
     cfg.SOLVER.WEIGHT_DECAY_BIAS = 0.0
+    # Weight decay of position tables (parameters named *pos_embed*, *relative_position_bias_table*,
+    # *cls_token*), as the Swin/ViT recipes.
+    cfg.SOLVER.WEIGHT_DECAY_EMBED = 0.0
+    # Layer-wise LR decay of the backbone: a parameter of stage s (0 = stem, 1..S = res2..res5,
+    # see segcls.modeling.backbone.utils) gets lr * LAYER_DECAY ** (S + 1 - s); heads keep lr.
+    # 1.0 = off (ConvNeXt's UperNet recipe uses 0.9).
+    cfg.SOLVER.LAYER_DECAY = 1.0
     cfg.SOLVER.CHECKPOINT_PERIOD = 5000
 
     # ---------------------------------------------------------------------------------------------
@@ -163,7 +170,8 @@ def add_segcls_config(cfg):
     # ---------------------------------------------------------------------------------------------
     # Number of "image | ground truth | prediction" PNGs written per test set (0 = none).
     cfg.TEST.NUM_OVERLAYS = 0
-    # Inference mode of PerPixelSegmentor: "whole" (the whole image at once, batched) or "slide"
+    # Inference mode of every meta-architecture (segcls.modeling.meta_arch.utils.InferenceOptions):
+    # "whole" (the whole image at once, batched) or "slide"
     # (mmsegmentation's mode='slide': windows of CROP_SIZE [height, width] every STRIDE [height,
     # width] pixels, the last window of each row/column flush with the border; the logits of
     # overlapping windows are summed and divided by the per-pixel window count). An image smaller
@@ -187,6 +195,13 @@ def add_segcls_config(cfg):
     # warn_only=True), cudnn.deterministic) for run-to-run identical results at some speed cost.
     # CPU training with a fixed SEED is bitwise repeatable without it.
     cfg.SEGCLS.DETERMINISTIC = False
+    from .modeling.heads.attention import add_context_heads_config; add_context_heads_config(cfg)  # noqa: E702
+    from .modeling.losses.config import add_pixel_loss_config; add_pixel_loss_config(cfg)  # noqa: E702
+    from .modeling.heads.aspp import add_aspp_config; add_aspp_config(cfg)  # noqa: E702
+    from .modeling.heads.psp import add_ppm_config; add_ppm_config(cfg)  # noqa: E702
+    from .modeling.heads.caa import add_caa_config; add_caa_config(cfg)  # noqa: E702
+    from .modeling.backbone.timm_backbone import add_timm_backbone_config; add_timm_backbone_config(cfg)  # noqa: E702
+    from .modeling.ecenet.config import add_ecenet_config; add_ecenet_config(cfg)  # noqa: E702
     return cfg
 
 

@@ -5,21 +5,17 @@ padding to the size divisibility and logit upsampling are exercised).
 """
 import pytest
 import torch
+from conftest import TINY_MODEL
+from detectron2.modeling import build_model
 from torch import nn
+
+from segcls.engine import load_config
 
 from segcls.modeling.classifiers import LinearClassifier
 from segcls.modeling.meta_arch.per_pixel import PerPixelSegmentor
+from segcls.modeling.meta_arch.utils import InferenceOptions
 
 K = 5
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny convolutions are dominated by thread hand-offs on a busy machine: run them on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 class TinyBackbone(nn.Module):
@@ -47,6 +43,7 @@ class TinyHead(nn.Module):
 
 
 def tiny_model(**inference_options):
+    """A PerPixelSegmentor with a tiny backbone and head; ``inference_options``: InferenceOptions' fields."""
     torch.manual_seed(0)
     model = PerPixelSegmentor(
         backbone=TinyBackbone(),
@@ -57,7 +54,7 @@ def tiny_model(**inference_options):
         num_classes=K,
         pixel_mean=[120.0, 115.0, 100.0],
         pixel_std=[60.0, 58.0, 57.0],
-        **inference_options,
+        inference=InferenceOptions(**inference_options),
     )
     nn.init.normal_(model.classifier.conv.weight, std=1.0)  # logits of a useful magnitude
     return model.eval()
@@ -83,7 +80,7 @@ def test_slide_with_one_window_covering_the_image_equals_whole():
     image = random_image(30, 42)
     whole = infer(tiny_model(), image)
     for crop in ([30, 42], [32, 48], [64, 64]):
-        slide = infer(tiny_model(test_mode="slide", test_crop_size=crop, test_stride=[16, 16]), image)
+        slide = infer(tiny_model(mode="slide", crop_size=crop, stride=[16, 16]), image)
         assert torch.equal(slide, whole)
 
 
@@ -108,7 +105,7 @@ def slow_slide_reference(image, crop, stride):
 @pytest.mark.parametrize("crop, stride", [([16, 24], [8, 16]), ([20, 20], [20, 12]), ([14, 16], [9, 11])])
 def test_overlapping_slide_equals_slow_reference(crop, stride):
     image = random_image(33, 45, seed=1)
-    slide = infer(tiny_model(test_mode="slide", test_crop_size=crop, test_stride=stride), image)
+    slide = infer(tiny_model(mode="slide", crop_size=crop, stride=stride), image)
     torch.testing.assert_close(slide, slow_slide_reference(image, crop, stride), rtol=1e-5, atol=1e-5)
     assert not torch.allclose(slide, infer(tiny_model(), image), atol=1e-3)  # windows do change the result
 
@@ -132,35 +129,42 @@ def test_tta_flip_averages_the_flipped_prediction():
 def test_multi_scale_tta_returns_probabilities_at_output_size():
     image = random_image(28, 40)
     for test_mode in ("whole", "slide"):
-        model = tiny_model(
-            test_mode=test_mode, test_crop_size=[16, 16], test_stride=[12, 12], tta_scales=[0.5, 1.75], tta_flip=True
-        )
+        model = tiny_model(mode=test_mode, crop_size=[16, 16], stride=[12, 12], tta_scales=[0.5, 1.75], tta_flip=True)
         probs = infer(model, image, height=14, width=20)
         assert probs.shape == (K, 14, 20)
         torch.testing.assert_close(probs.sum(0), torch.ones(14, 20))
 
 
-def test_inference_options_from_config():
-    from detectron2.config import get_cfg
-    from detectron2.modeling import build_model
+META_ARCHITECTURES = {
+    "PerPixelSegmentor": [],
+    "ECENet": ["MODEL.META_ARCHITECTURE", "ECENet", "MODEL.RESNETS.OUTPUT_STRIDE", "32", "MODEL.ECENET.EMBED_DIM", "32"],
+}
 
-    from segcls.config import add_segcls_config
 
-    cfg = add_segcls_config(get_cfg())
-    cfg.merge_from_list(["MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64", "MODEL.DEVICE", "cpu"])
-    cfg.merge_from_list(["TEST.MODE", "slide", "TEST.CROP_SIZE", "[32, 48]", "TEST.STRIDE", "[16, 24]"])
-    model = build_model(cfg)
-    assert (model.test_mode, model.test_crop_size, model.test_stride, model.tta_scales) == ("slide", (32, 48), (16, 24), ())
+@pytest.mark.parametrize("meta_architecture", META_ARCHITECTURES)
+def test_meta_architectures_take_inference_modes_from_config(meta_architecture):
+    """Both meta-architectures share the inference modes (SemSegIOMixin) and read them from TEST.*."""
+    cfg = load_config("", TINY_MODEL + META_ARCHITECTURES[meta_architecture] + ["MODEL.SEM_SEG_HEAD.NUM_CLASSES", str(K)])
+    cfg.merge_from_list(["TEST.MODE", "slide", "TEST.CROP_SIZE", "[40, 56]", "TEST.STRIDE", "[16, 24]"])
+    torch.manual_seed(0)
+    slide = build_model(cfg).eval()
+    assert slide.inference_options == InferenceOptions("slide", (40, 56), (16, 24), (), True)
+    cfg.merge_from_list(["TEST.MODE", "whole"])
+    whole = build_model(cfg).eval()
+    whole.load_state_dict(slide.state_dict())
+    image = random_image(40, 56)
+    torch.testing.assert_close(infer(slide, image), infer(whole, image), rtol=0, atol=0)  # one window = whole image
     cfg.merge_from_list(["TEST.AUG.ENABLED", "True", "TEST.AUG.FLIP", "False"])
-    model = build_model(cfg)
-    assert (model.tta_scales, model.tta_flip) == ((0.5, 0.75, 1.0, 1.25, 1.5, 1.75), False)
+    assert build_model(cfg).inference_options == InferenceOptions(
+        "whole", (40, 56), (16, 24), (0.5, 0.75, 1.0, 1.25, 1.5, 1.75), False
+    )
 
 
 @pytest.mark.parametrize(
     "options, message",
     [
-        ({"test_mode": "sliding"}, "must be 'whole' or 'slide'"),
-        ({"test_mode": "slide", "test_crop_size": [16, 16], "test_stride": [20, 8]}, "0 < stride <= crop size"),
+        ({"mode": "sliding"}, "must be 'whole' or 'slide'"),
+        ({"mode": "slide", "crop_size": [16, 16], "stride": [20, 8]}, "0 < stride <= crop size"),
         ({"tta_scales": [1.0, 0.0]}, "must be positive"),
     ],
 )
