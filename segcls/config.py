@@ -170,6 +170,26 @@ def add_segcls_config(cfg):
     # ---------------------------------------------------------------------------------------------
     # Number of "image | ground truth | prediction" PNGs written per test set (0 = none).
     cfg.TEST.NUM_OVERLAYS = 0
+    # Inference mode of every meta-architecture (segcls.modeling.meta_arch.utils.InferenceOptions):
+    # "whole" (the whole image at once, batched) or "slide"
+    # (mmsegmentation's mode='slide': windows of CROP_SIZE [height, width] every STRIDE [height,
+    # width] pixels, the last window of each row/column flush with the border; the logits of
+    # overlapping windows are summed and divided by the per-pixel window count). An image smaller
+    # than CROP_SIZE is one window. STRIDE must not exceed CROP_SIZE.
+    cfg.TEST.MODE = "whole"
+    cfg.TEST.CROP_SIZE = [512, 512]
+    cfg.TEST.STRIDE = [341, 341]
+    # Multi-scale + flip test-time augmentation (mmsegmentation's aug_test): the test image (as
+    # the mapper gives it, i.e. after INPUT.TEST_RESIZE) is resized by each factor of SCALES and,
+    # if FLIP, also flipped; each is predicted with TEST.MODE and the softmax probabilities,
+    # resized back, are averaged (the output is then probabilities, not logits). detectron2's
+    # TEST.AUG.MIN_SIZES / MAX_SIZE (detection TTA) are not used by segcls.
+    cfg.TEST.AUG.ENABLED = False
+    cfg.TEST.AUG.SCALES = [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]
+    cfg.TEST.AUG.FLIP = True
+    # Datasets with evaluator_type "cityscapes_sem_seg": also run the official cityscapesscripts
+    # evaluation (IoU, iIoU, category scores; results under "cityscapes_sem_seg").
+    cfg.TEST.CITYSCAPES_OFFICIAL_EVAL = True
     cfg.SEGCLS = CN()
     # GPU: use PyTorch's deterministic algorithms (torch.use_deterministic_algorithms(True,
     # warn_only=True), cudnn.deterministic) for run-to-run identical results at some speed cost.

@@ -7,6 +7,7 @@ fused prediction.
 import math
 from typing import List, Sequence
 
+import torch
 from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
 from torch import nn
@@ -14,7 +15,7 @@ from torch import nn
 from ..ecenet.criterion import ECENetCriterion
 from ..ecenet.decoder import ECENetDecoder
 from ..registry import build_pixel_losses
-from .utils import SemSegIOMixin
+from .utils import InferenceOptions, SemSegIOMixin
 
 
 @META_ARCH_REGISTRY.register()
@@ -45,6 +46,7 @@ class ECENet(SemSegIOMixin, nn.Module):
         ignore_value: int = 255,
         size_divisibility: int = -1,
         align_corners: bool = False,
+        inference: InferenceOptions = InferenceOptions(),
     ):
         super().__init__()
         if len(pixel_losses) != len(pixel_loss_weights):
@@ -72,6 +74,7 @@ class ECENet(SemSegIOMixin, nn.Module):
             ignore_value=ignore_value,
             size_divisibility=size_divisibility,
             align_corners=align_corners,
+            inference=inference,
         )
 
     @classmethod
@@ -95,13 +98,17 @@ class ECENet(SemSegIOMixin, nn.Module):
             "ignore_value": ignore_value,
             "size_divisibility": cfg.INPUT.SIZE_DIVISIBILITY,
             "align_corners": cfg.MODEL.ALIGN_CORNERS,
+            "inference": InferenceOptions.from_config(cfg),
         }
 
+    def inference_logits(self, images: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.backbone(images))["pred"]
+
     def forward(self, batched_inputs: List[dict]):
+        if not self.training:
+            return self.inference(batched_inputs)
         images, targets = self.preprocess(batched_inputs)
         outputs = self.decoder(self.backbone(images.tensor))
-        if not self.training:
-            return self.postprocess(outputs["pred"], images, batched_inputs)
         losses = self.criterion(outputs, targets)
         losses.update(self.pixel_losses(outputs["pred"], targets, self.losses, self.loss_weights, "loss_"))
         return losses

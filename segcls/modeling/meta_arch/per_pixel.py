@@ -11,7 +11,7 @@ from torch import nn
 
 from ..classifiers import LinearClassifier
 from ..registry import build_classifier, build_decode_head, build_pixel_losses, build_regularizers
-from .utils import SemSegIOMixin
+from .utils import InferenceOptions, SemSegIOMixin
 
 
 @META_ARCH_REGISTRY.register()
@@ -27,7 +27,9 @@ class PerPixelSegmentor(SemSegIOMixin, nn.Module):
     - training returns a dict of scalar losses; inference returns ``[{"sem_seg": (K, height, width)}]``
       logits resized to each image's output size.
 
-    Pre- and postprocessing are :class:`~segcls.modeling.meta_arch.utils.SemSegIOMixin`'s.
+    Pre- and postprocessing are :class:`~segcls.modeling.meta_arch.utils.SemSegIOMixin`'s,
+    including the inference modes (``inference``: whole image, sliding window, multi-scale + flip
+    test-time augmentation; see :class:`~segcls.modeling.meta_arch.utils.InferenceOptions`).
 
     Losses: every ``"pred*"`` output of the decode head and the classifier is resized (bilinear)
     to the padded label size and scored with the head's pixel losses; ``"loss_*"`` outputs are
@@ -57,6 +59,7 @@ class PerPixelSegmentor(SemSegIOMixin, nn.Module):
         pixel_std: Sequence[float],
         size_divisibility: int = -1,
         align_corners: bool = False,
+        inference: InferenceOptions = InferenceOptions(),
     ):
         super().__init__()
         if len(losses) != len(loss_weights) or len(aux_losses) != len(aux_loss_weights):
@@ -80,6 +83,7 @@ class PerPixelSegmentor(SemSegIOMixin, nn.Module):
             ignore_value=ignore_value,
             size_divisibility=backbone.size_divisibility if size_divisibility < 0 else size_divisibility,
             align_corners=align_corners,
+            inference=inference,
         )
 
     @classmethod
@@ -102,6 +106,7 @@ class PerPixelSegmentor(SemSegIOMixin, nn.Module):
             "pixel_std": cfg.MODEL.PIXEL_STD,
             "size_divisibility": cfg.INPUT.SIZE_DIVISIBILITY,
             "align_corners": cfg.MODEL.ALIGN_CORNERS,
+            "inference": InferenceOptions.from_config(cfg),
         }
         if cfg.MODEL.AUX_HEAD.ENABLED:
             aux = build_decode_head(cfg, shapes, "MODEL.AUX_HEAD")
@@ -128,11 +133,14 @@ class PerPixelSegmentor(SemSegIOMixin, nn.Module):
             outputs.update({"loss_aux_" + k[len("loss_") :]: v for k, v in aux.items() if k.startswith("loss_")})
         return outputs
 
+    def inference_logits(self, images: torch.Tensor) -> torch.Tensor:
+        return self.predict(images)["pred"]
+
     def forward(self, batched_inputs: List[dict]):
+        if not self.training:
+            return self.inference(batched_inputs)
         images, targets = self.preprocess(batched_inputs)
-        if self.training:
-            return self.compute_losses(self.predict(images.tensor, targets), targets)
-        return self.postprocess(self.predict(images.tensor)["pred"], images, batched_inputs)
+        return self.compute_losses(self.predict(images.tensor, targets), targets)
 
     def compute_losses(self, outputs: Dict[str, torch.Tensor], targets: torch.Tensor) -> Dict[str, torch.Tensor]:
         losses = {}
