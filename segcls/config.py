@@ -10,6 +10,26 @@ of its module, and are called from here, so the whole tree is always known to th
 import torch
 from detectron2.config import CfgNode as CN
 
+from .modeling.backbone.timm_backbone import add_timm_backbone_config
+from .modeling.classifiers.context_aware import add_cac_config
+from .modeling.ecenet.config import add_ecenet_config
+from .modeling.heads.aspp import add_aspp_config
+from .modeling.heads.attention import add_context_heads_config
+from .modeling.heads.caa import add_caa_config
+from .modeling.heads.psp import add_ppm_config
+from .modeling.losses.config import add_pixel_loss_config
+
+_MODULE_CONFIGS = (
+    add_context_heads_config,
+    add_pixel_loss_config,
+    add_aspp_config,
+    add_ppm_config,
+    add_caa_config,
+    add_timm_backbone_config,
+    add_ecenet_config,
+    add_cac_config,
+)
+
 
 def add_segcls_config(cfg):
     """Add segcls's keys to ``cfg`` (a detectron2 ``CfgNode``, e.g. from ``get_cfg()``) in place."""
@@ -195,21 +215,8 @@ def add_segcls_config(cfg):
     # warn_only=True), cudnn.deterministic) for run-to-run identical results at some speed cost.
     # CPU training with a fixed SEED is bitwise repeatable without it.
     cfg.SEGCLS.DETERMINISTIC = False
-    from .modeling.heads.attention import add_context_heads_config; add_context_heads_config(cfg)  # noqa: E702
-    from .modeling.losses.config import add_pixel_loss_config; add_pixel_loss_config(cfg)  # noqa: E702
-    from .modeling.heads.aspp import add_aspp_config; add_aspp_config(cfg)  # noqa: E702
-    from .modeling.heads.psp import add_ppm_config; add_ppm_config(cfg)  # noqa: E702
-    from .modeling.heads.caa import add_caa_config; add_caa_config(cfg)  # noqa: E702
-    from .modeling.backbone.timm_backbone import add_timm_backbone_config; add_timm_backbone_config(cfg)  # noqa: E702
-    from .modeling.ecenet.config import add_ecenet_config; add_ecenet_config(cfg)  # noqa: E702
-    from .modeling.classifiers.context_aware import add_cac_config; add_cac_config(cfg)  # noqa: E702
+    # Keys of the modules and methods, defined next to their code.
+    for add_module_config in _MODULE_CONFIGS:
+        add_module_config(cfg)
     return cfg
 
-
-def get_config_node(cfg, dotted_key):
-    """The node at ``dotted_key`` (e.g. ``"MODEL.AUX_HEAD"``): lets one module class be configured
-    from several places, such as a head used as the main and as the auxiliary head."""
-    node = cfg
-    for key in dotted_key.split("."):
-        node = node[key]
-    return node

@@ -8,7 +8,7 @@ import torch
 from detectron2.modeling import build_model
 from torch import nn
 
-from segcls.config import get_config_node
+from segcls.utils.config import get_config_node
 from segcls.engine import load_config
 from segcls.modeling import (
     CLASSIFIER_REGISTRY,

@@ -4,7 +4,7 @@ import torch
 from detectron2.config import configurable
 from torch import nn
 
-from segcls.config import get_config_node
+from segcls.utils.config import get_config_node
 from segcls.modeling import DECODE_HEAD_REGISTRY
 
 

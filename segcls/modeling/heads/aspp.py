@@ -12,7 +12,7 @@ from detectron2.layers import ShapeSpec, get_norm
 from torch import nn
 from torch.nn import functional as F
 
-from ...config import get_config_node
+from ...utils.config import get_config_node
 from ..registry import DECODE_HEAD_REGISTRY
 from .blocks import ImagePooling, resize, separable_conv_norm_act
 from .tail import HeadTail, conv_norm_act

@@ -36,7 +36,7 @@ from detectron2.layers import ShapeSpec
 from torch import nn
 from torch.nn import functional as F
 
-from ...config import get_config_node
+from ...utils.config import get_config_node
 from ..registry import DECODE_HEAD_REGISTRY
 from .blocks import ImagePooling
 from .tail import HeadTail, conv_norm_act
