@@ -11,7 +11,7 @@ from segcls.engine import load_config
 from segcls.modeling.classifiers import ContextAwareClassifier
 
 ROOT = os.path.join(os.path.dirname(__file__), "..", "configs")
-TABLE1 = sorted(glob.glob(os.path.join(ROOT, "ade20k", "cac_*.yaml")) + glob.glob(os.path.join(ROOT, "coco_stuff_164k", "cac_*.yaml")))
+TABLE1 = sorted(glob.glob(os.path.join(ROOT, "ade20k", "cac_*.yaml")) + glob.glob(os.path.join(ROOT, "coco_stuff", "cac_*.yaml")))
 TABLE1 = [f for f in TABLE1 if not f.endswith("cac_base.yaml")]
 ABLATIONS = sorted(glob.glob(os.path.join(ROOT, "ade20k", "cac_ablations", "*.yaml")))
 SYNTHETIC = os.path.join(ROOT, "synthetic_context", "fcn_r18_cac.yaml")

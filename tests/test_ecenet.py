@@ -580,7 +580,7 @@ def test_paper_resnet_configs():
     assert ece_pool_size(cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES, cfg.MODEL.ECENET.ECE.ALPHA) == 12
     assert load_config(os.path.join(REPO, "configs", "ade20k", "ecenet_r101_d8.yaml")).MODEL.RESNETS.OUTPUT_STRIDE == 8
     for dataset, n, iters, batch, crop, size in [
-        ("pascal_context", 59, 80000, 16, 480, 10),
+        ("pascal_context_59", 59, 80000, 16, 480, 10),
         ("cityscapes", 19, 160000, 8, 1024, 13),
     ]:
         cfg = load_config(os.path.join(REPO, "configs", dataset, "ecenet_base.yaml"))

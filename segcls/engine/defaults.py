@@ -5,6 +5,8 @@ import torch
 from detectron2.config import get_cfg
 from detectron2.engine import default_argument_parser as d2_argument_parser
 from detectron2.engine import default_setup
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
 from ..config import add_segcls_config
 
@@ -54,6 +56,8 @@ def setup(args, add_config_fns=()):
     cfg = load_config(args.config_file, args.opts, add_config_fns)
     cfg.freeze()
     default_setup(cfg, args)
+    # detectron2 sets up its own and fvcore's loggers; segcls's go to the same console and log.txt.
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="segcls", abbrev_name="segcls")
     if cfg.SEGCLS.DETERMINISTIC:
         enable_deterministic_mode()
     return cfg
