@@ -168,6 +168,7 @@ def add_segcls_config(cfg):
     # warn_only=True), cudnn.deterministic) for run-to-run identical results at some speed cost.
     # CPU training with a fixed SEED is bitwise repeatable without it.
     cfg.SEGCLS.DETERMINISTIC = False
+    from .modeling.regularizers.car import add_car_config; add_car_config(cfg)  # noqa: E702  MODEL.CAR.*
     return cfg
 
 
