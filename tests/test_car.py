@@ -613,3 +613,106 @@ def test_config_builds(rel):
     tail = model.decode_head.tail
     assert (tail.projection is not None) == cfg.MODEL.DECODE_HEAD.REG_PROJECTION
     assert tail.conv.kernel_size == (cfg.MODEL.DECODE_HEAD.LAST_CONV_KERNEL,) * 2
+
+
+# -------------------------------------------------------------------------------------------------
+# Analysis tools (Figs. 4 and 5) on a random-init tiny model and a generated dataset
+# -------------------------------------------------------------------------------------------------
+def _load_tool(name):
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(CONFIG_ROOT), "tools", f"{name}.py")
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset(tmp_path_factory):
+    """3 images (36x44, 40x48, 33x41) with labels of classes 0-2 and ignore; class 3 absent."""
+    import numpy as np
+    from PIL import Image
+
+    from segcls.data.datasets import register_sem_seg
+
+    root = tmp_path_factory.mktemp("car_tiny")
+    rng = np.random.default_rng(0)
+    for d in ("images", "labels"):
+        (root / d).mkdir()
+    for i, (h, w) in enumerate(((36, 44), (40, 48), (33, 41))):
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(root / "images" / f"{i}.jpg")
+        label = np.repeat(np.arange(w)[None] * 3 // w, h, axis=0).astype(np.uint8)  # three vertical bands
+        label[:3] = IGNORE
+        Image.fromarray(label).save(root / "labels" / f"{i}.png")
+    name = f"car_tiny_{os.getpid()}"
+    meta = dict(stuff_classes=["a", "b", "c", "d"], stuff_colors=[[255, 0, 0], [0, 255, 0], [0, 0, 255], [9, 9, 9]],
+                ignore_label=IGNORE, evaluator_type="sem_seg")
+    register_sem_seg(name, str(root / "images"), str(root / "labels"), meta)
+    config = root / "tiny_car.yaml"
+    config.write_text(
+        "MODEL:\n"
+        "  DEVICE: cpu\n"
+        "  RESNETS: {DEPTH: 18, RES2_OUT_CHANNELS: 16, STEM_OUT_CHANNELS: 16}\n"
+        "  DECODE_HEAD: {CHANNELS: 32, REG_PROJECTION: True, LAST_CONV_KERNEL: 1}\n"
+        "  SEM_SEG_HEAD: {NUM_CLASSES: 4}\n"
+        "  REGULARIZERS: {NAMES: [CARRegularizer]}\n"
+    )
+    return name, str(config)
+
+
+def test_class_dependency_tool(tiny_dataset, tmp_path):
+    import json
+
+    from detectron2.checkpoint import DetectionCheckpointer
+
+    from segcls.analysis.car import dataset_inputs, head_outputs, load_model
+
+    name, config = tiny_dataset
+    cfg = load_config(config)
+    model = load_model(cfg)
+    DetectionCheckpointer(model, save_dir=str(tmp_path)).save("tiny")
+    out = tmp_path / "dep.png"
+    summary = _load_tool("car_class_dependency").main(
+        ["--config-file", config, "--dataset", name, "--output", str(out), "MODEL.WEIGHTS", str(tmp_path / "tiny.pth")]
+    )
+    assert out.stat().st_size > 0 and json.loads((tmp_path / "dep.json").read_text())["classes"] == ["a", "b", "c", "d"]
+    # Split-level centers, directly: every image's feature with its labels resized by CAR's rule.
+    sums, counts = torch.zeros(4, 128, dtype=torch.float64), torch.zeros(4, dtype=torch.float64)
+    for inputs in dataset_inputs(cfg, name):
+        outputs, _, labels = head_outputs(model, [inputs])
+        feat = outputs["reg_feature"][0].double()
+        lab = resize_labels(labels, feat.shape[-2:])[0]
+        for k in range(4):
+            sums[k] += feat[:, lab == k].sum(1)
+            counts[k] += (lab == k).sum()
+    centers = sums / counts.clamp(min=1)[:, None]
+    assert summary["pixel_counts"] == counts.long().tolist() and counts[3] == 0
+    assert_close(summary["similarity"], centers @ centers.T, rtol=1e-5, atol=1e-6)
+    assert 0 < summary["mean_inter_class_dependency"] < 1
+
+
+def test_pixel_relation_tool(tiny_dataset, tmp_path):
+    from segcls.analysis.car import feature_cell, pixel_relation
+
+    name, config = tiny_dataset
+    out = tmp_path / "rel.png"
+    tool = _load_tool("car_pixel_relation")
+    relation = tool.main(["--config-file", config, "--dataset", name, "--index", "1", "--pixel", "30", "5",
+                          "--output", str(out)])
+    assert out.stat().st_size > 0 and relation.shape == (40, 48) and np_isfinite(relation)
+    with pytest.raises(ValueError, match="outside"):
+        tool.main(["--config-file", config, "--dataset", name, "--pixel", "36", "0", "--output", str(out)])
+    with pytest.raises(IndexError, match="has 3 images"):
+        tool.main(["--config-file", config, "--dataset", name, "--index", "3", "--output", str(out)])
+    # The map is the dot product of the chosen cell's feature with every cell's.
+    assert [feature_cell(40, 5, r) for r in (0, 7, 8, 39)] == [0, 0, 1, 4]
+    feature = torch.randn(3, 5, 6, dtype=torch.float64)
+    rel = pixel_relation(feature, (40, 48), 30, 5)
+    assert_close(rel, torch.einsum("c,chw->hw", feature[:, 3, 0], feature))
+
+
+def np_isfinite(array):
+    import numpy as np
+
+    return bool(np.isfinite(array).all())

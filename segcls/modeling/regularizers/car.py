@@ -329,12 +329,12 @@ class CARRegularizer(nn.Module):
             suffix = ""
             if len(self.feature_keys) > 1:
                 suffix = "_" + (key[len("reg_feature_") :] if key.startswith("reg_feature_") else key)
-            feature = self._feature(head_outputs, key)
-            for name, value in self.losses(feature, targets, index).items():
+            for name, value in self.losses(self.feature(head_outputs, key), targets, index).items():
                 losses[name + suffix] = value
         return losses
 
-    def _feature(self, head_outputs, key):
+    def feature(self, head_outputs: Dict[str, torch.Tensor], key: str) -> torch.Tensor:
+        """The head output ``key`` ("reg_feature" falls back to "pixel_feature")."""
         if key in head_outputs:
             return head_outputs[key]
         if key == "reg_feature" and "pixel_feature" in head_outputs:
@@ -353,13 +353,7 @@ class CARRegularizer(nn.Module):
                 f"got {tuple(x.shape)} and {tuple(targets.shape)}"
             )
         with torch.autocast(x.device.type, enabled=False):
-            if x.dtype != torch.float64:
-                x = x.float()
-            if self.pooling_rate > 1:
-                x = F.avg_pool2d(x, self.pooling_rate, ceil_mode=True)
-            labels = resize_labels(targets, x.shape[-2:]).flatten(1)  # (N, P)
-            onehot = self._one_hot(labels, x.dtype)
-            x = x.flatten(2).transpose(1, 2)  # (N, P, C)
+            x, onehot = self.prepare(x, targets)
             centers, counts = class_centers(x, onehot, self.per_image)
             if self.moving_average_decay > 0:
                 centers = self._moving_average(centers, counts, index)
@@ -371,6 +365,19 @@ class CARRegularizer(nn.Module):
             if self.inter_c2p:
                 out["loss_car_inter_c2p"] = self.inter_weight * inter_c2p_loss(x, onehot, centers, self.inter_c2p_eps)
         return out
+
+    def prepare(self, x: torch.Tensor, targets: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """
+        The pixels CAR sees: x (N, C, h, w) in float32 (float64 kept), average-pooled by
+        ``pooling_rate``, flattened to (N, P, C); labels (N, H, W) resized to its grid by
+        :func:`resize_labels` and one-hot encoded (N, P, K), all-zero for ignored pixels.
+        """
+        if x.dtype != torch.float64:
+            x = x.float()
+        if self.pooling_rate > 1:
+            x = F.avg_pool2d(x, self.pooling_rate, ceil_mode=True)
+        labels = resize_labels(targets, x.shape[-2:]).flatten(1)  # (N, P)
+        return x.flatten(2).transpose(1, 2), self._one_hot(labels, x.dtype)
 
     def _one_hot(self, labels: torch.Tensor, dtype) -> torch.Tensor:
         """(N, P) labels -> (N, P, K) one-hot, all-zero for the ignore value; other labels outside
