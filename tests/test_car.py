@@ -407,10 +407,12 @@ def _distributed_worker(rank, world, dist_url, out_dir):
     centers, counts = class_centers(x, onehot)
     c2c = inter_c2c_loss(centers, 0.5)
     (grad,) = torch.autograd.grad(c2c, x)
-    torch.save(dict(centers=centers.detach(), counts=counts, c2c=c2c.detach(), grad=grad), os.path.join(out_dir, f"{rank}.pt"))
+    result = dict(centers=centers.detach(), counts=counts, c2c=c2c.detach(), grad=grad)
+    torch.save(result, os.path.join(out_dir, f"{rank}.pt"))
     dist.destroy_process_group()
 
 
+@pytest.mark.timeout(180)
 def test_two_process_gloo_centers_equal_concatenated_batch(tmp_path):
     # fork: the children inherit the imported modules (spawning re-imports torch and detectron2).
     dist_url = f"tcp://127.0.0.1:{_find_free_port()}"
@@ -556,7 +558,12 @@ PAPER_CONFIGS = [c for c in LOADABLE_CONFIGS if not c.startswith("synthetic_cont
 # Table 2's "§": COCO-Stuff-10k runs with eps0 = 0.25.
 SECTION_RUNS = {f"car/coco_stuff_10k/{m}_car.yaml" for m in ("fcn_r50", "fcn_r101", "nonlocal_r50", "cpnet_r101")}
 # Keys by which a *_car.yaml may differ from its baseline.
-CAR_KEYS = ("MODEL.CAR.", "MODEL.REGULARIZERS.", "MODEL.DECODE_HEAD.REG_PROJECTION", "MODEL.DECODE_HEAD.LAST_CONV_KERNEL")
+CAR_KEYS = (
+    "MODEL.CAR.",
+    "MODEL.REGULARIZERS.",
+    "MODEL.DECODE_HEAD.REG_PROJECTION",
+    "MODEL.DECODE_HEAD.LAST_CONV_KERNEL",
+)
 
 
 def _flat(cfg, prefix=""):
@@ -716,3 +723,10 @@ def np_isfinite(array):
     import numpy as np
 
     return bool(np.isfinite(array).all())
+
+
+def test_benchmark_quick_smoke():
+    result = _load_tool("benchmark_car").main(["--quick", "--size", "32", "--repeats", "1", "--warmup", "0"])
+    # At this size the memory numbers are within the kernel's RSS accounting noise (tens of KiB).
+    assert result["time_ratio"] > 0 and math.isfinite(result["memory_ratio"])
+    assert len(result["seconds_per_iter"]["car"]) == len(result["seconds_per_iter"]["no_car"]) == 1

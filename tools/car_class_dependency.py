@@ -23,7 +23,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 from detectron2.data import MetadataCatalog  # noqa: E402
 
 import segcls  # noqa: E402,F401  (registers datasets and modules)
-from segcls.analysis.car import car_view, class_dependency, dataset_inputs, load_model, split_class_centers  # noqa: E402
+from segcls.analysis.car import (  # noqa: E402
+    car_view,
+    class_dependency,
+    dataset_inputs,
+    load_model,
+    split_class_centers,
+)
 from segcls.engine import load_config  # noqa: E402
 
 
@@ -64,7 +70,9 @@ def main(argv=None):
     k = similarity.shape[0]
     names = list(getattr(MetadataCatalog.get(args.dataset), "stuff_classes", None) or [str(i) for i in range(k)])
     if len(names) != k:
-        raise ValueError(f"dataset '{args.dataset}' has {len(names)} classes, the config {k} (MODEL.SEM_SEG_HEAD.NUM_CLASSES)")
+        raise ValueError(
+            f"dataset '{args.dataset}' has {len(names)} classes, the config {k} (MODEL.SEM_SEG_HEAD.NUM_CLASSES)"
+        )
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     title = f"class dependency ({car.feature_keys[0]}), {args.dataset}"
     plot(similarity.numpy(), names, args.output, title)

@@ -317,7 +317,7 @@ class CARRegularizer(nn.Module):
         # Running centers are allocated lazily: take the checkpoint's shape.
         for name, buffer in self._buffers.items():
             loaded = state_dict.get(prefix + name)
-            if loaded is not None and loaded.shape != buffer.shape:
+            if loaded is not None and buffer.numel() == 0 and loaded.shape != buffer.shape:
                 self._buffers[name] = torch.empty_like(loaded, device=buffer.device)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
