@@ -613,13 +613,17 @@ def test_paper_config_recipe(rel):
 def test_config_builds(rel):
     from detectron2.modeling import build_model
 
+    from segcls.modeling.heads import HeadTail
+
     cfg = load_config(os.path.join(CONFIG_ROOT, rel), ["MODEL.DEVICE", "cpu"])
     model = build_model(cfg)
     names = [type(r).__name__ for r in model.regularizers]
     assert names == list(cfg.MODEL.REGULARIZERS.NAMES)
-    tail = model.decode_head.tail
-    assert (tail.projection is not None) == cfg.MODEL.DECODE_HEAD.REG_PROJECTION
-    assert tail.conv.kernel_size == (cfg.MODEL.DECODE_HEAD.LAST_CONV_KERNEL,) * 2
+    tails = [m for m in model.decode_head.modules() if isinstance(m, HeadTail)]
+    assert tails, "the decode head has no HeadTail, where CAR's projection and change 'A' attach"
+    for tail in tails:
+        assert (tail.projection is not None) == cfg.MODEL.DECODE_HEAD.REG_PROJECTION
+        assert tail.conv.kernel_size == (cfg.MODEL.DECODE_HEAD.LAST_CONV_KERNEL,) * 2
 
 
 # -------------------------------------------------------------------------------------------------

@@ -313,6 +313,16 @@ class CARRegularizer(nn.Module):
             "feature_keys": c.FEATURE_KEYS,
         }
 
+    def extra_repr(self):
+        losses = [n for n, on in (("intra_c2p", self.intra_c2p), ("inter_c2c", self.inter_c2c),
+                                  ("inter_c2p", self.inter_c2p)) if on]
+        return (
+            f"num_classes={self.num_classes}, losses={losses}, intra_weight={self.intra_weight}, "
+            f"inter_weight={self.inter_weight}, eps0={self.inter_c2c_eps}, eps1={self.inter_c2p_eps}, "
+            f"centers={'image' if self.per_image else 'batch'}, moving_average_decay={self.moving_average_decay}, "
+            f"pooling_rate={self.pooling_rate}, feature_keys={self.feature_keys}"
+        )
+
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # Running centers are allocated lazily: take the checkpoint's shape.
         for name, buffer in self._buffers.items():
