@@ -19,7 +19,6 @@ numbers) decides; each such rule is stated next to its equation below. Notation:
 P = h * w pixels of the feature grid, C channels, K = ``N_class`` = the dataset's number of
 classes (absent classes included).
 """
-import logging
 import math
 from typing import Dict, List, Tuple
 
@@ -31,8 +30,6 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..registry import REGULARIZER_REGISTRY
-
-logger = logging.getLogger(__name__)
 
 # Floor of L_intra-c2p (released implementation).
 INTRA_C2P_FLOOR = 1e-5
