@@ -20,6 +20,10 @@ setup(
         "opencv-python-headless",
         "fvcore",
         "tabulate",
+        "cityscapesscripts",
+        "scipy",  # reading COCO-Stuff-10k .mat annotations (datasets/prepare_coco_stuff_10k_sem_seg.py)
+        "timm>=1.0.31",  # segcls patches its Swin block and loads through its filters: tested with 1.0.31
+        "safetensors",
     ],
     extras_require={"dev": ["pytest", "pytest-timeout"]},
 )

@@ -10,6 +10,28 @@ of its module, and are called from here, so the whole tree is always known to th
 import torch
 from detectron2.config import CfgNode as CN
 
+from .modeling.backbone.timm_backbone import add_timm_backbone_config
+from .modeling.classifiers.context_aware import add_cac_config
+from .modeling.ecenet.config import add_ecenet_config
+from .modeling.heads.aspp import add_aspp_config
+from .modeling.heads.attention import add_context_heads_config
+from .modeling.heads.caa import add_caa_config
+from .modeling.heads.psp import add_ppm_config
+from .modeling.losses.config import add_pixel_loss_config
+from .modeling.regularizers.car import add_car_config
+
+_MODULE_CONFIGS = (
+    add_context_heads_config,
+    add_pixel_loss_config,
+    add_aspp_config,
+    add_ppm_config,
+    add_caa_config,
+    add_timm_backbone_config,
+    add_ecenet_config,
+    add_cac_config,
+    add_car_config,
+)
+
 
 def add_segcls_config(cfg):
     """Add segcls's keys to ``cfg`` (a detectron2 ``CfgNode``, e.g. from ``get_cfg()``) in place."""
@@ -156,6 +178,13 @@ def add_segcls_config(cfg):
     # No weight decay on normalisation layers (WEIGHT_DECAY_NORM) and biases (WEIGHT_DECAY_BIAS).
     cfg.SOLVER.WEIGHT_DECAY_NORM = 0.0
     cfg.SOLVER.WEIGHT_DECAY_BIAS = 0.0
+    # Weight decay of position tables (parameters named *pos_embed*, *relative_position_bias_table*,
+    # *cls_token*), as the Swin/ViT recipes.
+    cfg.SOLVER.WEIGHT_DECAY_EMBED = 0.0
+    # Layer-wise LR decay of the backbone: a parameter of stage s (0 = stem, 1..S = res2..res5,
+    # see segcls.modeling.backbone.utils) gets lr * LAYER_DECAY ** (S + 1 - s); heads keep lr.
+    # 1.0 = off (ConvNeXt's UperNet recipe uses 0.9).
+    cfg.SOLVER.LAYER_DECAY = 1.0
     cfg.SOLVER.CHECKPOINT_PERIOD = 5000
 
     # ---------------------------------------------------------------------------------------------
@@ -163,19 +192,33 @@ def add_segcls_config(cfg):
     # ---------------------------------------------------------------------------------------------
     # Number of "image | ground truth | prediction" PNGs written per test set (0 = none).
     cfg.TEST.NUM_OVERLAYS = 0
+    # Inference mode of every meta-architecture (segcls.modeling.meta_arch.utils.InferenceOptions):
+    # "whole" (the whole image at once, batched) or "slide"
+    # (mmsegmentation's mode='slide': windows of CROP_SIZE [height, width] every STRIDE [height,
+    # width] pixels, the last window of each row/column flush with the border; the logits of
+    # overlapping windows are summed and divided by the per-pixel window count). An image smaller
+    # than CROP_SIZE is one window. STRIDE must not exceed CROP_SIZE.
+    cfg.TEST.MODE = "whole"
+    cfg.TEST.CROP_SIZE = [512, 512]
+    cfg.TEST.STRIDE = [341, 341]
+    # Multi-scale + flip test-time augmentation (mmsegmentation's aug_test): the test image (as
+    # the mapper gives it, i.e. after INPUT.TEST_RESIZE) is resized by each factor of SCALES and,
+    # if FLIP, also flipped; each is predicted with TEST.MODE and the softmax probabilities,
+    # resized back, are averaged (the output is then probabilities, not logits). detectron2's
+    # TEST.AUG.MIN_SIZES / MAX_SIZE (detection TTA) are not used by segcls.
+    cfg.TEST.AUG.ENABLED = False
+    cfg.TEST.AUG.SCALES = [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]
+    cfg.TEST.AUG.FLIP = True
+    # Datasets with evaluator_type "cityscapes_sem_seg": also run the official cityscapesscripts
+    # evaluation (IoU, iIoU, category scores; results under "cityscapes_sem_seg").
+    cfg.TEST.CITYSCAPES_OFFICIAL_EVAL = True
     cfg.SEGCLS = CN()
     # GPU: use PyTorch's deterministic algorithms (torch.use_deterministic_algorithms(True,
     # warn_only=True), cudnn.deterministic) for run-to-run identical results at some speed cost.
     # CPU training with a fixed SEED is bitwise repeatable without it.
     cfg.SEGCLS.DETERMINISTIC = False
-    from .modeling.regularizers.car import add_car_config; add_car_config(cfg)  # noqa: E702  MODEL.CAR.*
+    # Keys of the modules and methods, defined next to their code.
+    for add_module_config in _MODULE_CONFIGS:
+        add_module_config(cfg)
     return cfg
 
-
-def get_config_node(cfg, dotted_key):
-    """The node at ``dotted_key`` (e.g. ``"MODEL.AUX_HEAD"``): lets one module class be configured
-    from several places, such as a head used as the main and as the auxiliary head."""
-    node = cfg
-    for key in dotted_key.split("."):
-        node = node[key]
-    return node

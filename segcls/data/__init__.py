@@ -2,4 +2,4 @@
 ``$DETECTRON2_DATASETS`` (default ``./datasets``)."""
 from . import datasets
 from .build import ResumableTrainingSampler, build_test_loader, build_train_loader
-from .dataset_mapper import MAPPER_REGISTRY, LabelError, SemSegDatasetMapper, build_mapper
+from .dataset_mapper import MAPPER_REGISTRY, ImageReadError, LabelError, SemSegDatasetMapper, build_mapper

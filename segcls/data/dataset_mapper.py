@@ -1,12 +1,14 @@
 """
 The semantic segmentation mapper: one dataset record -> one model input, for training and testing.
 
-Images are read once (detectron2's ``read_image``, which applies EXIF orientation) and augmented
-with OpenCV only. Labels are read *unconverted* (``np.asarray(Image.open(f))``): a palette PNG
-keeps its indices, which is what the evaluator reads too (detectron2's ``DatasetMapper`` reads
-them with ``convert("L")``, turning palette PNGs into brightness values). Every label is checked:
-2-D, same size as its image, values in ``[0, K)`` or the ignore label; violations raise
-:class:`LabelError` naming the file.
+Images are read once (detectron2's ``read_image``, which applies EXIF orientation; an unreadable
+file raises :class:`ImageReadError` naming it) and augmented with OpenCV only. Labels are read
+*unconverted* by :func:`read_label_image`, the one place segcls reads label files (the dataset
+preparation scripts use it too): a palette PNG keeps its indices, which is what the evaluator
+reads too (detectron2's ``DatasetMapper`` reads them with ``convert("L")``, turning palette PNGs
+into brightness values). Every label is checked: 2-D (a colour image is rejected as such), same
+size as its image, values in ``[0, K)`` or the ignore label; violations raise :class:`LabelError`
+naming the file.
 
 Randomness comes only from the ``rng`` argument (a ``numpy.random.Generator``); the training loader
 derives it from (seed, sample position), so augmentations are reproducible and a resumed run
@@ -28,56 +30,114 @@ MAPPER_REGISTRY.__doc__ = "Dataset mappers, selected by cfg.INPUT.DATASET_MAPPER
 
 
 class LabelError(ValueError):
-    """A label image is malformed (colour, wrong size, out-of-range values); names the file."""
+    """A label image is unreadable or malformed (colour, wrong size, out-of-range values); names the file."""
+
+
+class ImageReadError(OSError):
+    """An image file cannot be read or decoded (missing, corrupt, truncated); names the file."""
 
 
 def build_mapper(cfg, is_train):
     return MAPPER_REGISTRY.get(cfg.INPUT.DATASET_MAPPER_NAME)(cfg, is_train=is_train)
 
 
-def read_label(path, num_classes, ignore_label, image_shape=None):
+# What PIL raises on a missing, corrupt or truncated file (UnidentifiedImageError is an OSError;
+# some broken PNG chunks raise SyntaxError or ValueError).
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError)
+
+
+def read_image(path, image_format):
+    """detectron2's ``read_image`` (EXIF orientation applied, converted to ``image_format``);
+    raises :class:`ImageReadError` naming ``path`` if it cannot be read."""
+    try:
+        return utils.read_image(path, format=image_format)
+    except _DECODE_ERRORS as e:
+        raise ImageReadError(f"cannot read image '{path}': {e}") from e
+
+
+def read_label_image(path):
     """
-    Read a label PNG as stored: (H, W) integer array. Raises :class:`LabelError` if it is not a
-    single-channel image, its size differs from ``image_shape`` (H, W), or it holds a value
-    ``>= num_classes`` that is not ``ignore_label``.
+    A label image as stored, without conversion: a palette PNG gives its indices, a grayscale or
+    16-bit PNG its values. Returns a (H, W) integer array. Raises :class:`LabelError` naming
+    ``path`` if the file cannot be read or is not single-channel (e.g. a colour RGB mask).
+    This is the one place where segcls reads label files (mapper and preparation scripts).
     """
-    with Image.open(path) as im:
-        label = np.asarray(im)
+    try:
+        with Image.open(path) as im:
+            mode = im.mode
+            label = np.asarray(im)
+    except _DECODE_ERRORS as e:
+        raise LabelError(f"cannot read label '{path}': {e}") from e
+    if label.dtype == bool:  # 1-bit PNG
+        label = label.astype(np.uint8)
+    if not np.issubdtype(label.dtype, np.integer):
+        raise LabelError(f"label '{path}' holds {label.dtype} values (mode {mode}): expected integer class indices")
     if label.ndim != 2:
         raise LabelError(
-            f"label '{path}' has shape {label.shape} (mode {im.mode}): expected a single-channel (H, W) image of "
-            f"class indices. Colour (RGB) label images must first be converted to indices."
+            f"label '{path}' is a colour image (mode {mode}, shape {label.shape}): expected a single-channel (H, W) "
+            "image of class indices (PNG mode L, P or I;16). Colour (RGB) label images must first be converted to "
+            "class indices."
         )
+    return label
+
+
+def present_values(label):
+    """Sorted distinct values of an integer array (bincount for 8/16-bit labels: much faster than unique)."""
+    if label.dtype in (np.uint8, np.uint16):
+        return np.flatnonzero(np.bincount(label.ravel()))
+    return np.unique(label)
+
+
+def read_label(path, num_classes, ignore_label, image_shape=None):
+    """
+    Read a label PNG as stored (:func:`read_label_image`): (H, W) integer array, in its stored
+    dtype (widened if needed to hold ``ignore_label``). Raises :class:`LabelError` if it is not a
+    single-channel image, its size differs from ``image_shape`` (H, W), or it holds a value
+    outside ``[0, num_classes)`` that is not ``ignore_label``.
+    """
+    label = read_label_image(path)
     if image_shape is not None and label.shape != tuple(image_shape):
         raise LabelError(f"label '{path}' is {label.shape[1]}x{label.shape[0]} (WxH) but its image is "
                          f"{image_shape[1]}x{image_shape[0]}")
-    values = np.unique(label)
-    bad = values[(values >= num_classes) & (values != ignore_label)]
+    values = present_values(label)
+    bad = values[((values < 0) | (values >= num_classes)) & (values != ignore_label)]
     if bad.size:
         raise LabelError(
             f"label '{path}' contains values {bad.tolist()[:10]}: expected class indices 0..{num_classes - 1} "
             f"or the ignore label {ignore_label} (MODEL.SEM_SEG_HEAD.NUM_CLASSES={num_classes})"
         )
-    return label.astype(np.int64)
+    if np.iinfo(label.dtype).max < ignore_label:
+        label = label.astype(np.int32)
+    return label
 
 
 def rescale_size(height, width, base_size, ratio):
-    """mmsegmentation's keep-ratio ``Resize``: fit (H, W) into ``base_size`` = (long, short) times
-    ``ratio`` (``base_size`` empty: scale (H, W) by ``ratio``). Returns the new (H, W)."""
+    """mmsegmentation's keep-ratio ``Resize`` with ``ratio_range``: the scale ``int(base_size * ratio)``
+    (a (long, short) pair, in either order) is fitted, as ``mmcv.imrescale`` does, so that the long
+    side is at most its long and the short side at most its short value (``base_size`` empty:
+    scale (H, W) by ``ratio``). Returns the new (H, W)."""
     if base_size:
-        long_side, short_side = base_size[0] * ratio, base_size[1] * ratio
+        long_side, short_side = (int(s * ratio) for s in (max(base_size), min(base_size)))
         scale = min(long_side / max(height, width), short_side / min(height, width))
     else:
         scale = ratio
     return max(int(height * scale + 0.5), 1), max(int(width * scale + 0.5), 1)
 
 
+def _category_counts(crop, ignore_label):
+    """Pixel counts of the categories present in ``crop`` (a non-negative integer array), ignore excluded."""
+    counts = np.bincount(crop.ravel())
+    if ignore_label < len(counts):
+        counts[ignore_label] = 0
+    return counts[counts > 0]
+
+
 def random_crop_box(label, crop_size, cat_max_ratio, ignore_label, rng, max_tries=10):
     """
     Pick a crop (y0, x0, h, w) of at most ``crop_size`` = (h, w); with ``cat_max_ratio < 1``
     retry (up to ``max_tries``, like mmsegmentation and detectron2's DeepLab) until the most
-    frequent category covers at most ``cat_max_ratio`` of the crop's labelled pixels and more
-    than one category is present.
+    frequent category covers less than ``cat_max_ratio`` of the crop's labelled pixels and more
+    than one category is present (else the last try is kept).
     """
     height, width = label.shape
     ch, cw = min(crop_size[0], height), min(crop_size[1], width)
@@ -86,36 +146,45 @@ def random_crop_box(label, crop_size, cat_max_ratio, ignore_label, rng, max_trie
         x0 = int(rng.integers(0, width - cw + 1))
         if cat_max_ratio >= 1.0:
             break
-        crop = label[y0 : y0 + ch, x0 : x0 + cw]
-        _, counts = np.unique(crop[crop != ignore_label], return_counts=True)
+        counts = _category_counts(label[y0 : y0 + ch, x0 : x0 + cw], ignore_label)
         if len(counts) > 1 and counts.max() / counts.sum() < cat_max_ratio:
             break
     return y0, x0, ch, cw
 
 
-def photometric_distortion(image, rng):
-    """mmsegmentation's ``PhotoMetricDistortion`` on an RGB/BGR uint8 image: random brightness
-    (+-32), contrast (x0.5-1.5, before or after the HSV part), saturation (x0.5-1.5) and hue
-    (+-18 degrees), each applied with probability 0.5."""
-    img = image.astype(np.float32)
+def _scale_shift(image, alpha=1.0, beta=0.0):
+    """``clip(image * alpha + beta)`` back to uint8 (mmsegmentation's ``PhotoMetricDistortion.convert``)."""
+    return np.clip(image.astype(np.float32) * alpha + beta, 0, 255).astype(np.uint8)
+
+
+def photometric_distortion(image, rng, bgr=False):
+    """
+    mmsegmentation's ``PhotoMetricDistortion`` on a uint8 (H, W, 3) image (RGB, or BGR if ``bgr``),
+    each step with probability 0.5: brightness ``+U(-32, 32)``; contrast ``xU(0.5, 1.5)``, before
+    or after the HSV steps (probability 0.5 each); saturation ``xU(0.5, 1.5)``; hue ``+randint(-18, 18)``
+    in OpenCV's 0..179 hue units. Each step clips to uint8, as mmsegmentation does.
+    """
+    to_hsv, from_hsv = (cv2.COLOR_BGR2HSV, cv2.COLOR_HSV2BGR) if bgr else (cv2.COLOR_RGB2HSV, cv2.COLOR_HSV2RGB)
+
+    def contrast(img):
+        return _scale_shift(img, alpha=rng.uniform(0.5, 1.5)) if rng.random() < 0.5 else img
+
     if rng.random() < 0.5:
-        img += rng.uniform(-32, 32)
+        image = _scale_shift(image, beta=rng.uniform(-32, 32))
     contrast_first = rng.random() < 0.5
-    contrast = rng.uniform(0.5, 1.5) if rng.random() < 0.5 else None
-    if contrast_first and contrast is not None:
-        img *= contrast
-    img = np.clip(img, 0, 255).astype(np.uint8)
-    do_sat, do_hue = rng.random() < 0.5, rng.random() < 0.5
-    if do_sat or do_hue:
-        hsv = cv2.cvtColor(img, cv2.COLOR_RGB2HSV).astype(np.float32)
-        if do_sat:
-            hsv[..., 1] = np.clip(hsv[..., 1] * rng.uniform(0.5, 1.5), 0, 255)
-        if do_hue:
-            hsv[..., 0] = (hsv[..., 0] + rng.integers(-18, 19) / 2.0) % 180  # OpenCV hue is 0..180
-        img = cv2.cvtColor(hsv.astype(np.uint8), cv2.COLOR_HSV2RGB)
-    if not contrast_first and contrast is not None:
-        img = np.clip(img.astype(np.float32) * contrast, 0, 255).astype(np.uint8)
-    return img
+    if contrast_first:
+        image = contrast(image)
+    if rng.random() < 0.5:
+        hsv = cv2.cvtColor(image, to_hsv)
+        hsv[..., 1] = _scale_shift(hsv[..., 1], alpha=rng.uniform(0.5, 1.5))
+        image = cv2.cvtColor(hsv, from_hsv)
+    if rng.random() < 0.5:
+        hsv = cv2.cvtColor(image, to_hsv)
+        hsv[..., 0] = (hsv[..., 0].astype(np.int32) + int(rng.integers(-18, 18))) % 180
+        image = cv2.cvtColor(hsv, from_hsv)
+    if not contrast_first:
+        image = contrast(image)
+    return image
 
 
 @MAPPER_REGISTRY.register()
@@ -183,7 +252,7 @@ class SemSegDatasetMapper:
         if self.is_train and rng is None:
             raise ValueError("SemSegDatasetMapper in training mode needs an rng (numpy.random.Generator)")
         dataset_dict = copy.deepcopy(dataset_dict)
-        image = utils.read_image(dataset_dict["file_name"], format=self.image_format)
+        image = read_image(dataset_dict["file_name"], self.image_format)
         height, width = image.shape[:2]
         label = None
         if "sem_seg_file_name" in dataset_dict:
@@ -198,21 +267,21 @@ class SemSegDatasetMapper:
         dataset_dict["height"], dataset_dict["width"] = height, width
         dataset_dict["image"] = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
         if label is not None:
-            dataset_dict["sem_seg"] = torch.as_tensor(np.ascontiguousarray(label))
+            dataset_dict["sem_seg"] = torch.as_tensor(label.astype(np.int64))
         return dataset_dict
 
     def _augment(self, image, label, rng):
         h, w = rescale_size(*label.shape, self.base_size, rng.uniform(*self.ratio_range))
         if (h, w) != label.shape:
             image = cv2.resize(image, (w, h), interpolation=cv2.INTER_LINEAR)
-            label = cv2.resize(label.astype(np.int32), (w, h), interpolation=cv2.INTER_NEAREST).astype(np.int64)
+            label = cv2.resize(label, (w, h), interpolation=cv2.INTER_NEAREST)
         if self.crop_size:
             y0, x0, ch, cw = random_crop_box(label, self.crop_size, self.cat_max_ratio, self.ignore_label, rng)
             image, label = image[y0 : y0 + ch, x0 : x0 + cw], label[y0 : y0 + ch, x0 : x0 + cw]
         if self.flip and rng.random() < 0.5:
             image, label = image[:, ::-1], label[:, ::-1]
         if self.color_aug:
-            image = photometric_distortion(np.ascontiguousarray(image), rng)
+            image = photometric_distortion(np.ascontiguousarray(image), rng, bgr=self.image_format == "BGR")
         if self.crop_size:
             ph, pw = self.crop_size[0] - image.shape[0], self.crop_size[1] - image.shape[1]
             if ph > 0 or pw > 0:

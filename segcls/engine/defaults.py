@@ -24,13 +24,16 @@ def default_argument_parser(epilog=None):
     return parser
 
 
-def load_config(config_file="", opts=()):
+def load_config(config_file="", opts=(), add_config_fns=()):
     """
-    A frozen-able segcls config: detectron2 defaults + ``add_segcls_config`` + ``config_file`` +
-    ``opts``. An unknown key raises ``KeyError`` naming the key and the file (or the command line).
+    A frozen-able segcls config: detectron2 defaults + ``add_segcls_config`` + each of
+    ``add_config_fns`` (a fork's own ``add_*_config(cfg)``) + ``config_file`` + ``opts``.
+    An unknown key raises ``KeyError`` naming the key and the file (or the command line).
     """
     cfg = get_cfg()
     add_segcls_config(cfg)
+    for add_config in add_config_fns:
+        add_config(cfg)
     if config_file:
         if not os.path.isfile(config_file):
             raise FileNotFoundError(f"config file '{config_file}' does not exist")
@@ -40,15 +43,15 @@ def load_config(config_file="", opts=()):
             raise KeyError(f"{config_file}: {e.args[0]} (not a detectron2/segcls config key)") from None
     try:
         cfg.merge_from_list(list(opts))
-    except KeyError as e:
+    except (KeyError, AssertionError) as e:  # yacs asserts "Non-existent key" in merge_from_list
         raise KeyError(f"command-line override: {e.args[0]} (not a detectron2/segcls config key)") from None
     return cfg
 
 
-def setup(args):
-    """Config from ``args``, frozen, with detectron2's ``default_setup`` (output dir, logging,
-    seeding) and the optional deterministic mode."""
-    cfg = load_config(args.config_file, args.opts)
+def setup(args, add_config_fns=()):
+    """Config from ``args`` (and a fork's ``add_config_fns``), frozen, with detectron2's
+    ``default_setup`` (output dir, logging, seeding) and the optional deterministic mode."""
+    cfg = load_config(args.config_file, args.opts, add_config_fns)
     cfg.freeze()
     default_setup(cfg, args)
     if cfg.SEGCLS.DETERMINISTIC:
@@ -63,3 +66,37 @@ def enable_deterministic_mode():
     torch.use_deterministic_algorithms(True, warn_only=True)
     torch.backends.cudnn.deterministic = True
     torch.backends.cudnn.benchmark = False
+
+
+def train_net_main(args, add_config_fns=()):
+    """``tools/train_net.py``'s work in one process: train (resuming with ``--resume``), or with
+    ``--eval-only`` evaluate ``MODEL.WEIGHTS``. A fork passes its ``add_*_config`` functions."""
+    from detectron2.checkpoint import DetectionCheckpointer
+
+    from .trainer import Trainer
+
+    cfg = setup(args, add_config_fns)
+    if args.eval_only:
+        model = Trainer.build_model(cfg)
+        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        return Trainer.test(cfg, model)
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    return trainer.train()
+
+
+def train_net_cli(main_func=train_net_main):
+    """Parse the standard flags and run ``main_func(args)`` in one or several processes."""
+    from .launch import launch
+
+    args = default_argument_parser().parse_args()
+    print("Command Line Args:", args)
+    return launch(
+        main_func,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+        backend=args.dist_backend,
+    )

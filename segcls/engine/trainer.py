@@ -20,6 +20,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.evaluation import inference_on_dataset
 from detectron2.engine import AMPTrainer, DefaultTrainer, HookBase, SimpleTrainer, TrainerBase, create_ddp_model
 from detectron2.utils import comm
+from detectron2.utils.env import seed_all_rng
 from detectron2.utils.logger import setup_logger
 
 from .. import solver
@@ -66,6 +67,7 @@ class Trainer(DefaultTrainer):
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()
         cfg = with_resolved_seed(DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size()))
+        seed_all_rng(cfg.SEED)  # model initialisation depends on the seed only (DDP then syncs ranks)
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
         self.train_loader = self.build_train_loader(cfg)
@@ -81,6 +83,18 @@ class Trainer(DefaultTrainer):
 
     def build_hooks(self):
         return [IterationSeedHook(self.cfg.SEED)] + super().build_hooks()
+
+    def state_dict(self):
+        # detectron2 v0.6's DefaultTrainer checkpoints only the iteration and hook states, not the
+        # optimizer (momentum buffers): resumed runs silently diverged. Later detectron2 versions
+        # add this same entry.
+        ret = super().state_dict()
+        ret["_trainer"] = self._trainer.state_dict()
+        return ret
+
+    def load_state_dict(self, state_dict):
+        super().load_state_dict(state_dict)
+        self._trainer.load_state_dict(state_dict["_trainer"])
 
     def resume_or_load(self, resume=True):
         super().resume_or_load(resume=resume)

@@ -1,1 +1,2 @@
 from .sem_seg import EVALUATOR_REGISTRY, OverlayWriter, SemSegEvaluatorWithTable, build_evaluator
+from .cityscapes import OfficialCityscapesSemSegEvaluator

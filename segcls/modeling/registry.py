@@ -25,7 +25,7 @@ Contracts (all tensors are NCHW unless said otherwise; ``K`` = number of classes
 """
 from detectron2.utils.registry import Registry
 
-from ..config import get_config_node
+from ..utils.config import get_config_node
 
 DECODE_HEAD_REGISTRY = Registry("DECODE_HEAD")
 DECODE_HEAD_REGISTRY.__doc__ = "Decode heads: multi-scale backbone features -> pixel feature."

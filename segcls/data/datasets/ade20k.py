@@ -13,20 +13,25 @@ same layout and the same functions (:func:`register_ade20k_style`, :func:`conver
 import os
 
 import numpy as np
-from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets.builtin_meta import ADE20K_SEM_SEG_CATEGORIES
-from PIL import Image
 
-from segcls.utils.io import atomic_save_image
+from segcls.utils.visualization import default_palette
+
+from .prepare import Step, label_writer, list_files, process_files
 from .sem_seg import register_sem_seg
 
 ADE20K_IGNORE_LABEL = 255
+ADE20K_DIRNAME = "ADEChallengeData2016"
+# Registered split -> folder, and the official number of images per folder.
+ADE20K_SPLITS = {"train": "training", "val": "validation"}
+ADE20K_SPLIT_SIZES = {"training": 20210, "validation": 2000}
 
 
 def ade20k_layout_help(dirname):
     return (
-        f"Expected layout: {dirname}/images/<split>/*.jpg and {dirname}/annotations_detectron2/<split>/*.png "
-        "(run datasets/prepare_ade20k_sem_seg.py to write annotations_detectron2; see datasets/README.md)."
+        f"Expected layout: {dirname}/images/<split>/*.jpg, {dirname}/annotations/<split>/*.png (raw labels) and "
+        f"{dirname}/annotations_detectron2/<split>/*.png (run datasets/prepare_ade20k_sem_seg.py to write them from "
+        "the raw labels; see datasets/README.md)."
     )
 
 
@@ -46,18 +51,25 @@ def convert_ade20k_labels(src_dir, dst_dir, progress=None):
     interrupted run leaves no half-written PNG. Returns the number of files written.
     """
     os.makedirs(dst_dir, exist_ok=True)
-    names = sorted(f for f in os.listdir(src_dir) if f.endswith(".png"))
-    written = 0
-    for i, name in enumerate(names):
-        dst = os.path.join(dst_dir, name)
-        if not os.path.exists(dst):
-            src = os.path.join(src_dir, name)
-            with Image.open(src) as im:
-                atomic_save_image(convert_ade20k_label(im), dst)
-            written += 1
-        if progress is not None:
-            progress(i + 1, len(names))
-    return written
+    return process_files(_conversion_jobs(src_dir, dst_dir), label_writer(convert_ade20k_label), progress)
+
+
+def _conversion_jobs(src_dir, dst_dir, layout_help=""):
+    return [
+        (os.path.join(src_dir, name), os.path.join(dst_dir, name)) for name in list_files(src_dir, ".png", layout_help)
+    ]
+
+
+def ade20k_preparation(root):
+    """The steps of ``datasets/prepare_ade20k_sem_seg.py``: ``annotations/<folder>`` ->
+    ``annotations_detectron2/<folder>`` with :func:`convert_ade20k_label`, for both folders."""
+    base = os.path.join(root, ADE20K_DIRNAME)
+    steps = []
+    for folder in ADE20K_SPLITS.values():
+        src = os.path.join(base, "annotations", folder)
+        jobs = _conversion_jobs(src, os.path.join(base, "annotations_detectron2", folder), ade20k_layout_help(base))
+        steps.append(Step(folder, "annotations_detectron2", f"'{src}'", jobs, label_writer(convert_ade20k_label)))
+    return steps
 
 
 def register_ade20k_style(name_prefix, root, dirname, splits, metadata):
@@ -67,12 +79,8 @@ def register_ade20k_style(name_prefix, root, dirname, splits, metadata):
     """
     base = os.path.join(root, dirname)
     for split, folder in splits.items():
-        name = f"{name_prefix}_{split}"
-        if name in DatasetCatalog.list():
-            DatasetCatalog.remove(name)
-            MetadataCatalog.remove(name)
         register_sem_seg(
-            name,
+            f"{name_prefix}_{split}",
             os.path.join(base, "images", folder),
             os.path.join(base, "annotations_detectron2", folder),
             metadata,
@@ -81,13 +89,16 @@ def register_ade20k_style(name_prefix, root, dirname, splits, metadata):
 
 
 def register_ade20k(root):
+    """Register ``ade20k_sem_seg_{train,val}``. Colours: segcls's deterministic
+    :func:`~segcls.utils.visualization.default_palette` (no library ships mmsegmentation's palette)."""
     register_ade20k_style(
         "ade20k_sem_seg",
         root,
-        "ADEChallengeData2016",
-        {"train": "training", "val": "validation"},
+        ADE20K_DIRNAME,
+        ADE20K_SPLITS,
         {
             "stuff_classes": list(ADE20K_SEM_SEG_CATEGORIES),
+            "stuff_colors": default_palette(len(ADE20K_SEM_SEG_CATEGORIES)).tolist(),
             "ignore_label": ADE20K_IGNORE_LABEL,
             "evaluator_type": "sem_seg",
         },

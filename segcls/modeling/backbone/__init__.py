@@ -1,1 +1,3 @@
 from .resnet import DilatedBasicBlock, build_resnet_dilated_backbone
+from .timm_backbone import TimmBackbone, add_timm_backbone_config, build_timm_backbone
+from .weights import load_backbone_weights, read_state_dict, torchvision_to_detectron2_resnet

@@ -1,1 +1,2 @@
 from .linear import LinearClassifier
+from .context_aware import ContextAwareClassifier

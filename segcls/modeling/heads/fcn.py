@@ -6,7 +6,7 @@ from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
 from torch import nn
 
-from ...config import get_config_node
+from ...utils.config import get_config_node
 from ..registry import DECODE_HEAD_REGISTRY
 from .tail import HeadTail, conv_norm_act
 

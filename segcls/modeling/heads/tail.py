@@ -21,14 +21,16 @@ from torch import nn
 from torch.nn import functional as F
 
 
-def conv_norm_act(in_channels, out_channels, kernel_size, norm="BN", dilation=1, act=True):
-    """conv (k x k, 'same' padding, bias only without norm) -> norm -> ReLU, MSRA-initialised."""
+def conv_norm_act(in_channels, out_channels, kernel_size, norm="BN", dilation=1, act=True, groups=1):
+    """conv (k x k, 'same' padding, bias only without norm, ``groups`` groups) -> norm -> ReLU,
+    MSRA-initialised."""
     conv = Conv2d(
         in_channels,
         out_channels,
         kernel_size=kernel_size,
         padding=dilation * (kernel_size // 2),
         dilation=dilation,
+        groups=groups,
         bias=not norm,
         norm=get_norm(norm, out_channels),
         activation=F.relu if act else None,

@@ -1,1 +1,5 @@
 from .cross_entropy import CrossEntropyLoss
+from .dice import DiceLoss
+from .focal import FocalLoss
+from .lovasz import LovaszSoftmaxLoss
+from .ohem import OhemCrossEntropyLoss, OhemTopKCrossEntropyLoss

@@ -1,4 +1,6 @@
 """Pixel-wise cross-entropy with an ignore label and optional class weights."""
+from typing import Optional
+
 import torch
 from detectron2.config import configurable
 from torch import nn
@@ -15,6 +17,9 @@ class CrossEntropyLoss(nn.Module):
     except that a batch with no valid pixel gives 0 (with a gradient path), not NaN.
 
     logits: (N, K, H, W) float; targets: (N, H, W) long. Returns a scalar.
+
+    Subclasses (OHEM, focal) reuse the two steps: :meth:`pixel_losses` (the per-pixel loss) and
+    :meth:`reduce` (the class-weighted mean over the valid, optionally selected, pixels).
     """
 
     name = "ce"
@@ -30,14 +35,29 @@ class CrossEntropyLoss(nn.Module):
 
     @classmethod
     def from_config(cls, cfg, ignore_value):
-        return {"ignore_value": ignore_value, "class_weights": list(cfg.MODEL.LOSS.CLASS_WEIGHTS)}
+        weights = list(cfg.MODEL.LOSS.CLASS_WEIGHTS)
+        num_classes = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
+        if weights and len(weights) != num_classes:
+            raise ValueError(
+                f"MODEL.LOSS.CLASS_WEIGHTS has {len(weights)} values, expected one per class "
+                f"(MODEL.SEM_SEG_HEAD.NUM_CLASSES={num_classes})"
+            )
+        return {"ignore_value": ignore_value, "class_weights": weights}
+
+    def pixel_losses(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Unweighted per-pixel loss (N, H, W), 0 at ignored pixels: here ``-log p_{y_i}``."""
+        return F.cross_entropy(logits, targets, ignore_index=self.ignore_value, reduction="none")
+
+    def reduce(self, losses: torch.Tensor, targets: torch.Tensor, keep: Optional[torch.Tensor] = None):
+        """``sum_i w_{y_i} l_i / sum_i w_{y_i}`` over valid pixels (and ``keep``, a (N, H, W) bool
+        mask, if given); 0 (with a gradient path) when no pixel is left."""
+        valid = targets != self.ignore_value
+        if keep is not None:
+            valid = valid & keep
+        weights = valid.to(losses.dtype)
+        if self.class_weights is not None:
+            weights = weights * self.class_weights.to(losses.dtype)[targets.masked_fill(~valid, 0)]
+        return (losses * weights).sum() / weights.sum().clamp(min=1e-12)
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        weight = None if self.class_weights is None else self.class_weights.to(logits.dtype)
-        total = F.cross_entropy(logits, targets, weight=weight, ignore_index=self.ignore_value, reduction="sum")
-        valid = targets != self.ignore_value
-        if weight is None:
-            denom = valid.sum()
-        else:
-            denom = weight[targets[valid]].sum()
-        return total / denom.clamp(min=1e-12).to(logits.dtype)
+        return self.reduce(self.pixel_losses(logits, targets), targets)

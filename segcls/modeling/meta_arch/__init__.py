@@ -1,1 +1,2 @@
+from .ecenet import ECENet
 from .per_pixel import PerPixelSegmentor

@@ -7,17 +7,15 @@ import torch
 from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
-from detectron2.modeling.postprocessing import sem_seg_postprocess
-from detectron2.structures import ImageList
 from torch import nn
-from torch.nn import functional as F
 
 from ..classifiers import LinearClassifier
 from ..registry import build_classifier, build_decode_head, build_pixel_losses, build_regularizers
+from .utils import InferenceOptions, SemSegIOMixin
 
 
 @META_ARCH_REGISTRY.register()
-class PerPixelSegmentor(nn.Module):
+class PerPixelSegmentor(SemSegIOMixin, nn.Module):
     """
     Keeps detectron2's ``SemanticSegmentor`` contract, so detectron2's evaluators and tools work:
 
@@ -29,11 +27,16 @@ class PerPixelSegmentor(nn.Module):
     - training returns a dict of scalar losses; inference returns ``[{"sem_seg": (K, height, width)}]``
       logits resized to each image's output size.
 
+    Pre- and postprocessing are :class:`~segcls.modeling.meta_arch.utils.SemSegIOMixin`'s,
+    including the inference modes (``inference``: whole image, sliding window, multi-scale + flip
+    test-time augmentation; see :class:`~segcls.modeling.meta_arch.utils.InferenceOptions`).
+
     Losses: every ``"pred*"`` output of the decode head and the classifier is resized (bilinear)
     to the padded label size and scored with the head's pixel losses; ``"loss_*"`` outputs are
     added as they are; the auxiliary head (if any) and the regularizers add theirs.
     Loss names: ``loss_<loss>`` for ``"pred"``, ``loss_<name>_<loss>`` for ``"pred_<name>"``,
-    ``loss_aux_<loss>`` for the auxiliary head.
+    ``loss_aux_<loss>`` for the auxiliary head's prediction and ``loss_aux_<name>`` for its own
+    ``"loss_<name>"`` outputs.
     """
 
     @configurable
@@ -56,6 +59,7 @@ class PerPixelSegmentor(nn.Module):
         pixel_std: Sequence[float],
         size_divisibility: int = -1,
         align_corners: bool = False,
+        inference: InferenceOptions = InferenceOptions(),
     ):
         super().__init__()
         if len(losses) != len(loss_weights) or len(aux_losses) != len(aux_loss_weights):
@@ -73,11 +77,14 @@ class PerPixelSegmentor(nn.Module):
         self.aux_loss_weights = list(aux_loss_weights)
         self.regularizers = nn.ModuleList(regularizers)
         self.num_classes = num_classes
-        self.ignore_value = ignore_value
-        self.size_divisibility = backbone.size_divisibility if size_divisibility < 0 else size_divisibility
-        self.align_corners = align_corners
-        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
-        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
+        self.init_io(
+            pixel_mean=pixel_mean,
+            pixel_std=pixel_std,
+            ignore_value=ignore_value,
+            size_divisibility=backbone.size_divisibility if size_divisibility < 0 else size_divisibility,
+            align_corners=align_corners,
+            inference=inference,
+        )
 
     @classmethod
     def from_config(cls, cfg):
@@ -99,6 +106,7 @@ class PerPixelSegmentor(nn.Module):
             "pixel_std": cfg.MODEL.PIXEL_STD,
             "size_divisibility": cfg.INPUT.SIZE_DIVISIBILITY,
             "align_corners": cfg.MODEL.ALIGN_CORNERS,
+            "inference": InferenceOptions.from_config(cfg),
         }
         if cfg.MODEL.AUX_HEAD.ENABLED:
             aux = build_decode_head(cfg, shapes, "MODEL.AUX_HEAD")
@@ -112,20 +120,6 @@ class PerPixelSegmentor(nn.Module):
             )
         return ret
 
-    @property
-    def device(self):
-        return self.pixel_mean.device
-
-    def preprocess(self, batched_inputs: List[dict]):
-        """Normalise and pad images; pad labels with the ignore value. Returns (ImageList, targets or None)."""
-        images = [(x["image"].to(self.device) - self.pixel_mean) / self.pixel_std for x in batched_inputs]
-        images = ImageList.from_tensors(images, self.size_divisibility)
-        targets = None
-        if "sem_seg" in batched_inputs[0]:
-            targets = [x["sem_seg"].to(self.device) for x in batched_inputs]
-            targets = ImageList.from_tensors(targets, self.size_divisibility, pad_value=self.ignore_value).tensor
-        return images, targets
-
     def predict(self, images: torch.Tensor, targets: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
         """Run backbone, head and classifier on a normalised (N, 3, H, W) batch; returns their outputs
         merged into one dict (``"pred"``: (N, K, h, w) logits at the head's resolution)."""
@@ -133,32 +127,20 @@ class PerPixelSegmentor(nn.Module):
         outputs = self.decode_head(features, targets)
         outputs.update(self.classifier(outputs["pixel_feature"], targets))
         if self.training and self.aux_head is not None:
-            outputs["aux_pred"] = self.aux_classifier(self.aux_head(features, targets)["pixel_feature"])["pred"]
+            aux = self.aux_head(features, targets)
+            outputs["aux_pred"] = self.aux_classifier(aux["pixel_feature"])["pred"]
+            # The auxiliary head's own losses (e.g. DANet's branch losses) as "loss_aux_<name>".
+            outputs.update({"loss_aux_" + k[len("loss_") :]: v for k, v in aux.items() if k.startswith("loss_")})
         return outputs
 
+    def inference_logits(self, images: torch.Tensor) -> torch.Tensor:
+        return self.predict(images)["pred"]
+
     def forward(self, batched_inputs: List[dict]):
+        if not self.training:
+            return self.inference(batched_inputs)
         images, targets = self.preprocess(batched_inputs)
-        if self.training:
-            if targets is None:
-                raise ValueError("PerPixelSegmentor in training mode needs 'sem_seg' in every input dict")
-            return self.compute_losses(self.predict(images.tensor, targets), targets)
-        logits = self.predict(images.tensor)["pred"]
-        logits = self.resize(logits, images.tensor.shape[-2:])
-        results = []
-        for logit, image_size, inp in zip(logits, images.image_sizes, batched_inputs):
-            height = inp.get("height", image_size[0])
-            width = inp.get("width", image_size[1])
-            results.append({"sem_seg": sem_seg_postprocess(logit, image_size, height, width)})
-        return results
-
-    def resize(self, logits: torch.Tensor, size) -> torch.Tensor:
-        if tuple(logits.shape[-2:]) == tuple(size):
-            return logits
-        return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=self.align_corners)
-
-    def pixel_losses(self, logits, targets, losses, weights, prefix):
-        logits = self.resize(logits, targets.shape[-2:])
-        return {f"{prefix}{loss.name}": w * loss(logits, targets) for loss, w in zip(losses, weights)}
+        return self.compute_losses(self.predict(images.tensor, targets), targets)
 
     def compute_losses(self, outputs: Dict[str, torch.Tensor], targets: torch.Tensor) -> Dict[str, torch.Tensor]:
         losses = {}

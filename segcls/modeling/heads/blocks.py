@@ -1,0 +1,94 @@
+"""
+Building blocks shared by several decode heads:
+
+- :class:`ImagePooling`: the image-level branch (global average pooling -> 1x1 conv-norm-ReLU ->
+  broadcast back to the feature size) of ASPP (DeepLabV3 Sec. 3.3), KSAC (thesis Fig. 2.3) and
+  the CAA head (thesis ch. 3);
+- :class:`PyramidPooling`: PSPNet's pyramid pooling module (PSPNet Sec. 3.2), used by
+  :class:`~segcls.modeling.heads.psp.PSPHead` and :class:`~segcls.modeling.heads.uper.UPerHead`;
+- :func:`separable_conv_norm_act`: depthwise-separable conv (DeepLabV3+ Sec. 3.2);
+- :func:`resize`: bilinear resizing of a feature map.
+"""
+from typing import Sequence
+
+import torch
+from detectron2.layers import Conv2d, get_norm
+from fvcore.nn import weight_init
+from torch import nn
+from torch.nn import functional as F
+
+from .tail import conv_norm_act
+
+
+def resize(x: torch.Tensor, size, align_corners: bool = False) -> torch.Tensor:
+    """Bilinear resize of (N, C, h, w) to ``size`` (H, W); a no-op when the size already matches."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=align_corners)
+
+
+def separable_conv_norm_act(in_channels, out_channels, kernel_size=3, norm="BN", dilation=1):
+    """
+    Depthwise-separable conv as in DeepLabV3+ (Sec. 3.2) and mmsegmentation's
+    ``DepthwiseSeparableConvModule``: depthwise k x k conv (dilated) -> norm -> ReLU, then
+    pointwise 1x1 conv -> norm -> ReLU. (N, in_channels, h, w) -> (N, out_channels, h, w).
+    """
+    depthwise = Conv2d(
+        in_channels,
+        in_channels,
+        kernel_size=kernel_size,
+        padding=dilation * (kernel_size // 2),
+        dilation=dilation,
+        groups=in_channels,
+        bias=not norm,
+        norm=get_norm(norm, in_channels),
+        activation=F.relu,
+    )
+    weight_init.c2_msra_fill(depthwise)
+    return nn.Sequential(depthwise, conv_norm_act(in_channels, out_channels, 1, norm))
+
+
+class ImagePooling(nn.Module):
+    """
+    Image-level feature: global average pooling -> 1x1 conv -> norm -> ReLU, broadcast to the input
+    size (bilinear upsampling of a 1x1 map, as torchvision's ``ASPPPooling`` does, is exactly this
+    broadcast). (N, in_channels, h, w) -> (N, out_channels, h, w).
+
+    With BatchNorm, training needs more than one image per process (as in torchvision/mmseg).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, norm: str = "BN"):
+        super().__init__()
+        self.conv = conv_norm_act(in_channels, out_channels, 1, norm)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = self.conv(F.adaptive_avg_pool2d(x, 1))
+        return pooled.expand(-1, -1, x.shape[2], x.shape[3])
+
+
+class PyramidPooling(nn.Module):
+    """
+    PSPNet's pyramid pooling module (Zhao et al., CVPR 2017, Sec. 3.2): for each bin size b,
+    adaptive average pooling to b x b -> 1x1 conv -> norm -> ReLU -> bilinear upsampling to the input
+    size; the input and all branches are concatenated.
+
+    (N, in_channels, h, w) -> (N, in_channels + len(bins) * channels, h, w).
+    """
+
+    def __init__(
+        self, in_channels: int, channels: int, bins: Sequence[int], norm: str = "BN", align_corners: bool = False
+    ):
+        super().__init__()
+        if not bins or any(b < 1 for b in bins):
+            raise ValueError(f"PPM.BINS={list(bins)}: expected a non-empty list of positive bin sizes")
+        self.bins = list(bins)
+        self.align_corners = align_corners
+        self.branches = nn.ModuleList([conv_norm_act(in_channels, channels, 1, norm) for _ in self.bins])
+        self.out_channels = in_channels + len(self.bins) * channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        size = x.shape[-2:]
+        outs = [x]
+        for b, branch in zip(self.bins, self.branches):
+            outs.append(resize(branch(F.adaptive_avg_pool2d(x, b)), size, self.align_corners))
+        return torch.cat(outs, dim=1)

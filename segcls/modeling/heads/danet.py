@@ -1,0 +1,97 @@
+"""DANet decode head (Fu et al., "Dual Attention Network for Scene Segmentation", CVPR 2019)."""
+from typing import Dict
+
+import torch
+from detectron2.config import configurable
+from detectron2.layers import ShapeSpec
+from torch import nn
+
+from ...utils.config import get_config_node
+from ..classifiers import LinearClassifier
+from ..registry import DECODE_HEAD_REGISTRY
+from .attention import ChannelAttention, PositionAttention
+from .branch_losses import BranchLosses
+from .tail import HeadTail, conv_norm_act
+
+
+@DECODE_HEAD_REGISTRY.register()
+class DAHead(nn.Module):
+    """
+    Two parallel branches on one backbone feature (DANet Fig. 2, the released ``DANetHead``):
+
+    - position branch: 3x3 conv-norm-ReLU (C_in -> C) -> :class:`PositionAttention` -> tail_pam;
+    - channel branch: 3x3 conv-norm-ReLU (C_in -> C) -> :class:`ChannelAttention` -> tail_cam;
+
+    each tail a :class:`HeadTail` (C -> C; CAR's projection / change "A" apply to both). The
+    classifier's input is their sum, ``"pixel_feature" = tail_pam + tail_cam`` (N, C, h, w).
+
+    Outputs besides ``"pixel_feature"``: ``"reg_feature_pam"`` / ``"reg_feature_cam"`` (N, C', h, w),
+    each branch's feature for a regularizer: the branch tail's regularization projection with
+    ``REG_PROJECTION``, else the branch feature entering the sum. ``"reg_feature"`` is not set (a
+    regularizer of the main prediction sees the summed ``"pixel_feature"``). In training, each branch
+    also has its own classifier (dropout ``MODEL.CLASSIFIER.DROPOUT`` + 1x1 conv) whose prediction
+    gets the head's pixel losses times ``DANET.BRANCH_LOSS_WEIGHT``: ``"loss_pam_<loss>"``,
+    ``"loss_cam_<loss>"`` (DANet and mmsegmentation supervise all three predictions with weight 1).
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        in_feature: str,
+        in_channels: int,
+        in_stride: int,
+        channels: int,
+        num_classes: int,
+        tail_pam: HeadTail,
+        tail_cam: HeadTail,
+        branch_losses: BranchLosses,
+        cam_energy: str = "official",
+        norm: str = "BN",
+        dropout: float = 0.1,
+    ):
+        super().__init__()
+        self.in_feature = in_feature
+        self.out_channels = channels
+        self.out_stride = in_stride
+        self.pam_in = conv_norm_act(in_channels, channels, 3, norm)
+        self.pam = PositionAttention(channels)
+        self.tail_pam = tail_pam
+        self.cam_in = conv_norm_act(in_channels, channels, 3, norm)
+        self.cam = ChannelAttention(cam_energy)
+        self.tail_cam = tail_cam
+        self.classifier_pam = LinearClassifier(in_channels=channels, num_classes=num_classes, dropout=dropout)
+        self.classifier_cam = LinearClassifier(in_channels=channels, num_classes=num_classes, dropout=dropout)
+        self.branch_losses = branch_losses
+
+    @classmethod
+    def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec], prefix="MODEL.DECODE_HEAD"):
+        node = get_config_node(cfg, prefix)
+        in_feature = node.IN_FEATURES[-1]
+        return {
+            "in_feature": in_feature,
+            "in_channels": input_shape[in_feature].channels,
+            "in_stride": input_shape[in_feature].stride,
+            "channels": node.CHANNELS,
+            "num_classes": cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
+            "tail_pam": HeadTail.from_node(node, node.CHANNELS, node.CHANNELS),
+            "tail_cam": HeadTail.from_node(node, node.CHANNELS, node.CHANNELS),
+            "branch_losses": BranchLosses.from_node(cfg, node, node.DANET.BRANCH_LOSS_WEIGHT),
+            "cam_energy": node.DANET.CAM_ENERGY,
+            "norm": node.NORM,
+            "dropout": cfg.MODEL.CLASSIFIER.DROPOUT,
+        }
+
+    def forward(self, features: Dict[str, torch.Tensor], targets=None) -> Dict[str, torch.Tensor]:
+        x = features[self.in_feature]
+        pam = self.tail_pam(self.pam(self.pam_in(x)))
+        cam = self.tail_cam(self.cam(self.cam_in(x)))
+        out = {
+            "pixel_feature": pam["pixel_feature"] + cam["pixel_feature"],
+            "reg_feature_pam": pam.get("reg_feature", pam["pixel_feature"]),
+            "reg_feature_cam": cam.get("reg_feature", cam["pixel_feature"]),
+        }
+        if self.training and targets is not None:
+            out.update(self.branch_losses("pam", self.classifier_pam(pam["pixel_feature"])["pred"], targets))
+            out.update(self.branch_losses("cam", self.classifier_cam(cam["pixel_feature"])["pred"], targets))
+        return out

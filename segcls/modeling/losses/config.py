@@ -1,0 +1,30 @@
+"""Config keys of the pixel losses (``MODEL.LOSS.*``) besides ``CLASS_WEIGHTS``."""
+
+
+def add_pixel_loss_config(cfg):
+    """
+    Hyper-parameters of the losses in :mod:`segcls.modeling.losses`, selected by class name in
+    ``MODEL.DECODE_HEAD.LOSSES`` / ``MODEL.AUX_HEAD.LOSSES``. ``MODEL.LOSS.CLASS_WEIGHTS`` (defined
+    with the config's core keys) weights CrossEntropyLoss, both OHEM losses and FocalLoss.
+    """
+    loss = cfg.MODEL.LOSS
+    # OhemTopKCrossEntropyLoss (detectron2 DeepLab project's DeepLabCE): fraction of the valid
+    # pixels, those with the largest cross-entropy, that the loss averages (1.0 = plain CE; 0.2
+    # in detectron2's Panoptic-DeepLab configs).
+    loss.TOP_K_PERCENT = 0.2
+    # OhemCrossEntropyLoss (OCNet/OCR, CSFRN Table 6): keep pixels whose ground-truth-class
+    # probability is below OHEM_THRESH, at least OHEM_MIN_KEPT per image (0.7 and 100000 as in
+    # HRNet-OCR and mmsegmentation).
+    loss.OHEM_THRESH = 0.7
+    loss.OHEM_MIN_KEPT = 100000
+    # FocalLoss: focusing parameter gamma of FL = -(1 - p_t)^gamma log p_t (2 in the focal-loss paper).
+    loss.FOCAL_GAMMA = 2.0
+    # DiceLoss: 1 - (2 sum p g + SMOOTH) / (sum p^EXPONENT + sum g^EXPONENT + SMOOTH) per image
+    # and class (mmsegmentation's defaults).
+    loss.DICE_SMOOTH = 1.0
+    loss.DICE_EXPONENT = 2.0
+    # LovaszSoftmaxLoss: average over the classes "present" in the labels or over "all" classes;
+    # PER_IMAGE computes it per image and averages (False pools the batch, the reference default).
+    loss.LOVASZ_CLASSES = "present"
+    loss.LOVASZ_PER_IMAGE = False
+    return cfg

@@ -1,0 +1,88 @@
+"""
+Helpers for tests and quick experiments (detectron2 keeps the same in ``detectron2.utils.testing``):
+tiny on-disk datasets and tiny model configs, so a test trains and evaluates in seconds on CPU.
+"""
+import os
+
+import numpy as np
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from PIL import Image
+
+from ..data.datasets import register_sem_seg
+from ..engine import load_config
+
+TINY_MODEL = [
+    "MODEL.DEVICE", "cpu",
+    "MODEL.RESNETS.DEPTH", "18",
+    "MODEL.RESNETS.STEM_OUT_CHANNELS", "8",
+    "MODEL.RESNETS.RES2_OUT_CHANNELS", "8",
+    "MODEL.DECODE_HEAD.CHANNELS", "16",
+    "MODEL.AUX_HEAD.CHANNELS", "8",
+]
+
+
+def write_tiny_dataset(root, num_images=4, size=(32, 40), num_classes=3, seed=0, ignore_fraction=0.05):
+    """Write ``num_images`` RGB JPEGs and label PNGs (values 0..K-1 and 255) whose colour depends on
+    the class, so a model can learn them. Returns (image_dir, label_dir)."""
+    rng = np.random.default_rng(seed)
+    image_dir, label_dir = os.path.join(root, "images"), os.path.join(root, "labels")
+    os.makedirs(image_dir, exist_ok=True)
+    os.makedirs(label_dir, exist_ok=True)
+    palette = rng.integers(0, 256, size=(num_classes, 3))
+    h, w = size
+    for i in range(num_images):
+        label = np.zeros((h, w), dtype=np.uint8)
+        for k in range(1, num_classes):  # random rectangles of each class
+            y0, x0 = rng.integers(0, h // 2), rng.integers(0, w // 2)
+            label[y0 : y0 + h // 2, x0 : x0 + w // 2] = k
+        image = palette[label] + rng.integers(-20, 21, size=(h, w, 3))
+        label[rng.random((h, w)) < ignore_fraction] = 255
+        Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(os.path.join(image_dir, f"{i:03d}.jpg"), quality=95)
+        Image.fromarray(label).save(os.path.join(label_dir, f"{i:03d}.png"))
+    return image_dir, label_dir
+
+
+def register_tiny_dataset(name, root, num_classes=3, **kwargs):
+    """Write and register a tiny dataset under ``name`` (replacing an earlier registration)."""
+    image_dir, label_dir = write_tiny_dataset(root, num_classes=num_classes, **kwargs)
+    return register_dirs(name, image_dir, label_dir, num_classes)
+
+
+def register_dirs(name, image_dir, label_dir, num_classes):
+    """Register an image/label folder pair as dataset ``name`` (e.g. again in a spawned process)."""
+    if name in DatasetCatalog.list():
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+    register_sem_seg(
+        name,
+        image_dir,
+        label_dir,
+        {"stuff_classes": [f"c{k}" for k in range(num_classes)], "ignore_label": 255, "evaluator_type": "sem_seg"},
+    )
+    return name
+
+
+def tiny_config(output_dir, train=(), test=(), num_classes=3, opts=()):
+    """A frozen tiny training config (ResNet-18 of width 8, FCN 16 channels, 32x32 crops)."""
+    cfg = load_config(
+        "",
+        TINY_MODEL
+        + [
+            "MODEL.SEM_SEG_HEAD.NUM_CLASSES", str(num_classes),
+            "DATASETS.TRAIN", str(tuple(train)),
+            "DATASETS.TEST", str(tuple(test)),
+            "INPUT.CROP.SIZE", "[32, 32]",
+            "INPUT.RATIO_RANGE", "[0.75, 1.25]",
+            "DATALOADER.NUM_WORKERS", "0",
+            "SOLVER.IMS_PER_BATCH", "2",
+            "SOLVER.BASE_LR", "0.01",
+            "SOLVER.MAX_ITER", "6",
+            "SOLVER.CHECKPOINT_PERIOD", "3",
+            "TEST.EVAL_PERIOD", "0",
+            "SEED", "7",
+            "OUTPUT_DIR", str(output_dir),
+        ]
+        + list(opts),
+    )
+    cfg.freeze()
+    return cfg
