@@ -17,6 +17,8 @@ from detectron2.engine.launch import _find_free_port
 from torch.nn import functional as F
 
 from segcls.engine import load_config
+from segcls.modeling import DECODE_HEAD_REGISTRY
+from segcls.modeling.heads import HeadTail
 from segcls.modeling.regularizers.car import (
     CARRegularizer,
     align_corners_nearest_index,
@@ -528,11 +530,25 @@ CAR_CONFIGS = sorted(
     for f in files
     if f.endswith(".yaml")
 ) + ["synthetic_context/fcn_r18_car.yaml"]
+PAPER_MODELS = ["fcn_r50", "fcn_r101", "deeplabv3_r50", "deeplabv3_r101", "nonlocal_r50", "nonlocal_r101",
+                "ccnet_r50", "ccnet_r101", "danet_r101", "cpnet_r101", "ocr_hrnet48", "upernet_swin_t",
+                "upernet_swin_l", "caa_effb5"]  # fmt: skip
+# Table 2's "§": COCO-Stuff-10k runs with eps0 = 0.25.
+SECTION_RUNS = {f"car/coco_stuff_10k/{m}_car.yaml" for m in ("fcn_r50", "fcn_r101", "nonlocal_r50", "cpnet_r101",
+                                                             "upernet_swin_t")}  # fmt: skip
+# Keys by which a *_car.yaml may differ from its baseline, and a COCO-Stuff config from its twin.
+CAR_KEYS = (
+    "MODEL.CAR.",
+    "MODEL.REGULARIZERS.",
+    "MODEL.DECODE_HEAD.REG_PROJECTION",
+    "MODEL.DECODE_HEAD.LAST_CONV_KERNEL",
+)
+DATASET_KEYS = ("DATASETS.", "MODEL.SEM_SEG_HEAD.NUM_CLASSES", "MODEL.CAR.INTER_C2C_EPS")
 
 
 def _base_chain_exists(rel):
     """The yaml and all its _BASE_ files exist (fcn_r18_car.yaml's base comes with the synthetic
-    benchmark, merged separately)."""
+    benchmark)."""
     import yaml
 
     path = os.path.join(CONFIG_ROOT, rel)
@@ -546,24 +562,8 @@ def _base_chain_exists(rel):
         path = os.path.join(os.path.dirname(path), base)
 
 
-def _head_registered(rel):
-    from segcls.modeling import DECODE_HEAD_REGISTRY
-
-    return load_config(os.path.join(CONFIG_ROOT, rel)).MODEL.DECODE_HEAD.NAME in DECODE_HEAD_REGISTRY
-
-
-LOADABLE_CONFIGS = [c for c in CAR_CONFIGS if _base_chain_exists(c)]
-BUILDABLE_CONFIGS = [c for c in LOADABLE_CONFIGS if _head_registered(c)]
-PAPER_CONFIGS = [c for c in LOADABLE_CONFIGS if not c.startswith("synthetic_context/") and "/Base-" not in c]
-# Table 2's "§": COCO-Stuff-10k runs with eps0 = 0.25.
-SECTION_RUNS = {f"car/coco_stuff_10k/{m}_car.yaml" for m in ("fcn_r50", "fcn_r101", "nonlocal_r50", "cpnet_r101")}
-# Keys by which a *_car.yaml may differ from its baseline.
-CAR_KEYS = (
-    "MODEL.CAR.",
-    "MODEL.REGULARIZERS.",
-    "MODEL.DECODE_HEAD.REG_PROJECTION",
-    "MODEL.DECODE_HEAD.LAST_CONV_KERNEL",
-)
+def _cfg(rel, opts=()):
+    return load_config(os.path.join(CONFIG_ROOT, rel), list(opts))
 
 
 def _flat(cfg, prefix=""):
@@ -576,54 +576,106 @@ def _flat(cfg, prefix=""):
     return out
 
 
+def _diff(a, b):
+    fa, fb = _flat(a), _flat(b)
+    return {k for k in fa if fa[k] != fb[k]}
+
+
+LOADABLE_CONFIGS = [c for c in CAR_CONFIGS if _base_chain_exists(c)]
+PAPER_CONFIGS = [c for c in LOADABLE_CONFIGS if c.startswith("car/") and "/Base-" not in c]
+# Built: every model-defining config (the Pascal Context CAR configs and the synthetic one) whose
+# decode head is registered. Baselines differ from them only in CAR_KEYS, COCO-Stuff configs from
+# their Pascal Context twins only in DATASET_KEYS (both checked below), Table 1 / thesis configs
+# only in CAR_KEYS: building those too would repeat the same models (and cost a minute).
+BUILD_CONFIGS = [
+    c for c in LOADABLE_CONFIGS
+    if (c.startswith("car/pascal_context_59/") and c.count("/") == 2 and c.endswith("_car.yaml"))
+    or c.startswith("synthetic_context/")
+]  # fmt: skip
+BUILD_CONFIGS = [c for c in BUILD_CONFIGS if _cfg(c).MODEL.DECODE_HEAD.NAME in DECODE_HEAD_REGISTRY]
+
+
 def test_config_inventory():
-    """The paper's experiments are all there: Table 2 (baseline and CAR, both datasets), Table 1,
-    thesis Tables 4.2-4.3; the Swin-T configs wait for the timm backbone (not in this tree)."""
-    models = ["fcn_r50", "fcn_r101", "deeplabv3_r50", "deeplabv3_r101", "nonlocal_r50", "nonlocal_r101", "ccnet_r50",
-              "ccnet_r101", "danet_r101", "cpnet_r101", "ocr_r101", "upernet_r101", "caa_r101"]  # fmt: skip
+    """The paper's experiments are all there: Table 2 (baseline and CAR, both datasets), Table 1
+    (both halves), thesis Tables 4.2-4.3; every Table 2 CAR model builds in this tree."""
     for dataset in ("pascal_context_59", "coco_stuff_10k"):
-        for model in models:
+        for model in PAPER_MODELS:
             for suffix in ("", "_car"):
                 assert f"car/{dataset}/{model}{suffix}.yaml" in LOADABLE_CONFIGS
-    assert len([c for c in LOADABLE_CONFIGS if "/table1/" in c]) == 8
+    assert len([c for c in LOADABLE_CONFIGS if "/table1/" in c]) == 16
     assert len([c for c in LOADABLE_CONFIGS if "/thesis/" in c]) == 4
+    assert {f"car/pascal_context_59/{m}_car.yaml" for m in PAPER_MODELS} <= set(BUILD_CONFIGS)
 
 
 @pytest.mark.parametrize("rel", PAPER_CONFIGS)
 def test_paper_config_recipe(rel):
-    cfg = load_config(os.path.join(CONFIG_ROOT, rel))
+    cfg = _cfg(rel)
     s = cfg.SOLVER
     assert (s.IMS_PER_BATCH, s.BASE_LR, s.MOMENTUM, s.WEIGHT_DECAY, s.MAX_ITER) == (16, 0.01, 0.9, 1e-4, 30000)
-    assert s.LR_SCHEDULER_NAME == "WarmupPolyLR" and s.OPTIMIZER == "SGD"
-    assert cfg.MODEL.RESNETS.OUTPUT_STRIDE == 8 and list(cfg.INPUT.CROP.SIZE) == [513, 513]
+    assert s.LR_SCHEDULER_NAME == "WarmupPolyLR" and s.OPTIMIZER == "SGD" and list(cfg.INPUT.CROP.SIZE) == [513, 513]
+    if cfg.MODEL.BACKBONE.NAME == "build_resnet_dilated_backbone":
+        assert cfg.MODEL.RESNETS.OUTPUT_STRIDE == 8
+    elif not cfg.MODEL.TIMM.NAME.startswith(("swin", "hrnet")):  # transformers and HRNet: 32
+        assert cfg.MODEL.TIMM.OUTPUT_STRIDE == 8
     coco = "coco_stuff_10k" in rel
     assert cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES == (171 if coco else 59)
     assert cfg.DATASETS.TRAIN == (("coco_stuff_10k_sem_seg_train",) if coco else ("pascal_context_59_sem_seg_train",))
     assert cfg.DATASETS.TEST == (("coco_stuff_10k_sem_seg_test",) if coco else ("pascal_context_59_sem_seg_val",))
-    if rel.endswith("_car.yaml"):
+    if rel.endswith("_car.yaml") and "/table1/" not in rel:
         assert list(cfg.MODEL.REGULARIZERS.NAMES) == ["CARRegularizer"] and cfg.MODEL.DECODE_HEAD.REG_PROJECTION
         assert cfg.MODEL.DECODE_HEAD.LAST_CONV_KERNEL == 1
         assert cfg.MODEL.CAR.INTER_C2C_EPS == (0.25 if rel in SECTION_RUNS else 0.5)
-        baseline = _flat(load_config(os.path.join(CONFIG_ROOT, rel.replace("_car.yaml", ".yaml"))))
-        diff = {k for k, v in _flat(cfg).items() if baseline[k] != v}
+        diff = _diff(cfg, _cfg(rel.replace("_car.yaml", ".yaml")))
         assert diff and all(k.startswith(CAR_KEYS) for k in diff), diff
+    if "/table1/" in rel or "/thesis/" in rel:
+        diff = _diff(cfg, _cfg("car/pascal_context_59/nonlocal_r50_car.yaml"))
+        diff2 = _diff(cfg, _cfg("car/pascal_context_59/upernet_swin_t_car.yaml"))
+        assert all(k.startswith(CAR_KEYS) for k in diff) or all(k.startswith(CAR_KEYS) for k in diff2)
+    if coco:
+        diff = _diff(cfg, _cfg(rel.replace("coco_stuff_10k", "pascal_context_59")))
+        assert all(k.startswith(DATASET_KEYS) for k in diff), diff
 
 
-@pytest.mark.parametrize("rel", BUILDABLE_CONFIGS)
+@pytest.mark.parametrize("rel", BUILD_CONFIGS)
 def test_config_builds(rel):
     from detectron2.modeling import build_model
 
-    from segcls.modeling.heads import HeadTail
-
-    cfg = load_config(os.path.join(CONFIG_ROOT, rel), ["MODEL.DEVICE", "cpu"])
+    cfg = _cfg(rel, ["MODEL.DEVICE", "cpu"])
     model = build_model(cfg)
-    names = [type(r).__name__ for r in model.regularizers]
-    assert names == list(cfg.MODEL.REGULARIZERS.NAMES)
+    assert [type(r).__name__ for r in model.regularizers] == list(cfg.MODEL.REGULARIZERS.NAMES)
     tails = [m for m in model.decode_head.modules() if isinstance(m, HeadTail)]
     assert tails, "the decode head has no HeadTail, where CAR's projection and change 'A' attach"
     for tail in tails:
         assert (tail.projection is not None) == cfg.MODEL.DECODE_HEAD.REG_PROJECTION
         assert tail.conv.kernel_size == (cfg.MODEL.DECODE_HEAD.LAST_CONV_KERNEL,) * 2
+
+
+# CAR trains with every per-pixel head of the paper (tiny ResNet-18, one training step).
+HEAD_OPTS = {
+    "FCNHead": [],
+    "ASPPHead": [],
+    "NonLocalHead": [],
+    "CCHead": [],
+    "DAHead": ["MODEL.CAR.FEATURE_KEYS", '["reg_feature_pam", "reg_feature_cam"]'],
+    "CPHead": ["MODEL.DECODE_HEAD.CPNET.PRIOR_SIZE", "6"],
+    "OCRHead": ["MODEL.DECODE_HEAD.IN_FEATURES", '["res4", "res5"]', "MODEL.CAR.POOLING_RATE", "2"],
+    "UPerHead": ["MODEL.DECODE_HEAD.IN_FEATURES", '["res2", "res3", "res4", "res5"]', "MODEL.CAR.POOLING_RATE", "2"],
+    "CAAHead": [],
+}
+
+
+@pytest.mark.parametrize("head", [h for h in HEAD_OPTS if h in DECODE_HEAD_REGISTRY])
+def test_car_trains_with_every_head(head):
+    opts = ["MODEL.DECODE_HEAD.NAME", head, "MODEL.DECODE_HEAD.REG_PROJECTION", "True",
+            "MODEL.DECODE_HEAD.LAST_CONV_KERNEL", "1", "MODEL.REGULARIZERS.NAMES", '["CARRegularizer"]']
+    model = build_tiny(opts + HEAD_OPTS[head]).train()
+    losses = model(tiny_batch())
+    suffixes = ["_pam", "_cam"] if head == "DAHead" else [""]
+    car = {n + s for n in LOSS_NAMES for s in suffixes}
+    assert car <= set(losses) and all(torch.isfinite(losses[k]) and losses[k] > 0 for k in car)
+    sum(losses.values()).backward()
+    projections = [m.projection for m in model.decode_head.modules() if isinstance(m, HeadTail)]
+    assert projections and all(p.weight.grad is not None and p.weight.grad.abs().sum() > 0 for p in projections)
 
 
 # -------------------------------------------------------------------------------------------------
@@ -640,7 +692,7 @@ def _load_tool(name):
 
 
 @pytest.fixture(scope="module")
-def tiny_dataset(tmp_path_factory):
+def car_tiny_dataset(tmp_path_factory):
     """3 images (36x44, 40x48, 33x41) with labels of classes 0-2 and ignore; class 3 absent."""
     import numpy as np
     from PIL import Image
@@ -672,14 +724,14 @@ def tiny_dataset(tmp_path_factory):
     return name, str(config)
 
 
-def test_class_dependency_tool(tiny_dataset, tmp_path):
+def test_class_dependency_tool(car_tiny_dataset, tmp_path):
     import json
 
     from detectron2.checkpoint import DetectionCheckpointer
 
     from segcls.analysis.car import dataset_inputs, head_outputs, load_model
 
-    name, config = tiny_dataset
+    name, config = car_tiny_dataset
     cfg = load_config(config)
     model = load_model(cfg)
     DetectionCheckpointer(model, save_dir=str(tmp_path)).save("tiny")
@@ -703,10 +755,10 @@ def test_class_dependency_tool(tiny_dataset, tmp_path):
     assert 0 < summary["mean_inter_class_dependency"] < 1
 
 
-def test_pixel_relation_tool(tiny_dataset, tmp_path):
+def test_pixel_relation_tool(car_tiny_dataset, tmp_path):
     from segcls.analysis.car import feature_cell, pixel_relation
 
-    name, config = tiny_dataset
+    name, config = car_tiny_dataset
     out = tmp_path / "rel.png"
     tool = _load_tool("car_pixel_relation")
     relation = tool.main(["--config-file", config, "--dataset", name, "--index", "1", "--pixel", "30", "5",
@@ -734,4 +786,5 @@ def test_benchmark_quick_smoke():
     # At this size the memory numbers are within the kernel's RSS accounting noise (tens of KiB),
     # so only their presence is checked.
     assert result["time_ratio"] > 0 and "memory_ratio" in result
+    assert result["flops_ratio"] > 1  # CAR's losses cost a little training compute
     assert len(result["seconds_per_iter"]["car"]) == len(result["seconds_per_iter"]["no_car"]) == 1

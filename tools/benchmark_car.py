@@ -7,6 +7,9 @@ weights and the inputs; they differ only in ``MODEL.REGULARIZERS.NAMES``. Iterat
 backward, SGD step) of the two alternate, the order flipping every repeat; the medians give the
 ratios CAR / no CAR (the issue's target: <= 1.05; the thesis reports +0.15% training FLOPs).
 
+Also: the training forward FLOPs of one image (fvcore's count, a multiply-add = 1, losses
+included), the thesis' measure (Table 4.4: +0.24 GFLOPs on 167.41 for ResNet-50 + CAR at 513x513).
+
 Peak memory (CPU, Linux): the peak resident set size during one iteration minus the resident size
 before it (``/proc/self/status`` VmHWM, reset through ``/proc/self/clear_refs``), with glibc's
 dynamic mmap threshold pinned so that freed tensors go back to the system. The kernel's RSS
@@ -86,6 +89,24 @@ def make_batch(size, batch, num_classes, seed=0):
     ]
 
 
+class _TrainingLoss(torch.nn.Module):
+    """(image, label) -> the model's summed training losses, for fvcore's tracer."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, image, label):
+        return sum(self.model([{"image": image, "sem_seg": label}]).values())
+
+
+def training_gflops(model, item):
+    from fvcore.nn import FlopCountAnalysis
+
+    count = FlopCountAnalysis(_TrainingLoss(model), (item["image"], item["sem_seg"]))
+    return count.unsupported_ops_warnings(False).uncalled_modules_warnings(False).total() / 1e9
+
+
 def train_step(model, optimizer, batch):
     """One iteration; returns (seconds, peak extra resident KiB during it)."""
     open("/proc/self/clear_refs", "w").write("5")  # reset VmHWM to the current RSS
@@ -115,6 +136,7 @@ def main(argv=None):
     assert [type(r).__name__ for r in models["car"][0].regularizers] == ["CARRegularizer"], config
     assert len(models["no_car"][0].regularizers) == 0
     batch = make_batch(size, args.batch, cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES)
+    gflops = {v: training_gflops(m, batch[0]) for v, (m, _) in models.items()}
     times, memory = {v: [] for v in models}, {v: [] for v in models}
     for i in range(args.warmup + repeats):
         order = list(models) if i % 2 == 0 else list(models)[::-1]
@@ -139,6 +161,8 @@ def main(argv=None):
         "peak_extra_mib": {v: [k / 1024 for k in m] for v, m in memory.items()},
         "median_seconds": med_t,
         "median_peak_extra_mib": {v: m / 1024 for v, m in med_m.items()},
+        "train_forward_gflops_per_image": gflops,
+        "flops_ratio": gflops["car"] / gflops["no_car"],
         "time_ratio": med_t["car"] / med_t["no_car"],
         "memory_ratio": med_m["car"] / med_m["no_car"] if med_m["no_car"] > 0 else float("nan"),
     }
@@ -148,7 +172,9 @@ def main(argv=None):
         f"  iteration time  no CAR {med_t['no_car']:.3f} s   CAR {med_t['car']:.3f} s   "
         f"ratio {result['time_ratio']:.4f}\n"
         f"  peak memory     no CAR {med_m['no_car'] / 1024:.1f} MiB   CAR {med_m['car'] / 1024:.1f} MiB   "
-        f"ratio {result['memory_ratio']:.4f}"
+        f"ratio {result['memory_ratio']:.4f}\n"
+        f"  train FLOPs/img no CAR {gflops['no_car']:.3f} G   CAR {gflops['car']:.3f} G   "
+        f"ratio {result['flops_ratio']:.4f}"
     )
     if args.output:
         with open(args.output, "w") as f:
