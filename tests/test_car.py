@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from detectron2.data import MetadataCatalog
 from detectron2.engine.launch import _find_free_port
 from torch.nn import functional as F
 
@@ -621,6 +622,8 @@ def test_paper_config_recipe(rel):
     assert cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES == (171 if coco else 59)
     assert cfg.DATASETS.TRAIN == (("coco_stuff_10k_sem_seg_train",) if coco else ("pascal_context_59_sem_seg_train",))
     assert cfg.DATASETS.TEST == (("coco_stuff_10k_sem_seg_test",) if coco else ("pascal_context_59_sem_seg_val",))
+    for name in cfg.DATASETS.TRAIN + cfg.DATASETS.TEST:
+        assert len(MetadataCatalog.get(name).stuff_classes) == cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES, name
     if rel.endswith("_car.yaml") and "/table1/" not in rel:
         assert list(cfg.MODEL.REGULARIZERS.NAMES) == ["CARRegularizer"] and cfg.MODEL.DECODE_HEAD.REG_PROJECTION
         assert cfg.MODEL.DECODE_HEAD.LAST_CONV_KERNEL == 1
