@@ -18,6 +18,7 @@ from .modeling.heads.attention import add_context_heads_config
 from .modeling.heads.caa import add_caa_config
 from .modeling.heads.psp import add_ppm_config
 from .modeling.losses.config import add_pixel_loss_config
+from .modeling.regularizers.car import add_car_config
 
 _MODULE_CONFIGS = (
     add_context_heads_config,
@@ -28,6 +29,7 @@ _MODULE_CONFIGS = (
     add_timm_backbone_config,
     add_ecenet_config,
     add_cac_config,
+    add_car_config,
 )
 
 

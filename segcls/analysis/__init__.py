@@ -1,0 +1,1 @@
+"""Analysis helpers behind ``tools/`` scripts (figures of the papers). Not imported by ``segcls``."""
