@@ -23,6 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from segcls.data.datasets.sem_seg import get_datasets_root  # noqa: E402
 from segcls.data.datasets.synthetic_context import (  # noqa: E402
+    CUE_STRENGTH,
     SYNTHETIC_CONTEXT_CLASSES,
     SYNTHETIC_CONTEXT_DIRNAME,
     SYNTHETIC_CONTEXT_IGNORE_LABEL,
@@ -76,6 +77,13 @@ def main():
         default=0.9,
         help="probability that a train/val object stands on its preferred ground (default: %(default)s)",
     )
+    parser.add_argument(
+        "--cue-strength",
+        type=float,
+        default=CUE_STRENGTH,
+        help="multiplier of the class colour cues within a group; larger = easier without context "
+        "(default: %(default)s)",
+    )
     args = parser.parse_args()
 
     def progress(done, total):
@@ -91,6 +99,7 @@ def main():
             num_val_rare=args.num_val_rare,
             image_size=args.image_size,
             context_bias=args.context_bias,
+            cue_strength=args.cue_strength,
             seed=args.seed,
             progress=progress,
         )

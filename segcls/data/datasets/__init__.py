@@ -7,6 +7,7 @@ from .ade20k import register_ade20k
 from .cityscapes import register_cityscapes
 from .coco_stuff import register_coco_stuff
 from .pascal_context import register_pascal_context_59
+from .synthetic_context import generate_synthetic_context, register_synthetic_context
 from .sem_seg import DatasetNotFoundError, get_datasets_root, load_sem_seg, register_sem_seg
 
 
@@ -16,6 +17,7 @@ def register_all(root):
     register_cityscapes(root)
     register_pascal_context_59(root)
     register_coco_stuff(root)
+    register_synthetic_context(root)
 
 
 register_all(get_datasets_root())

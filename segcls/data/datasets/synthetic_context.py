@@ -109,6 +109,8 @@ _OBJECT_CUES = {
     "car": ((6, 0, -4), (8, 8)),  # blotches
 }
 _OBJECT_TEXTURE_AMPLITUDE = 32.0
+# Default multiplier of the colour offsets above (generate_synthetic_context's cue_strength).
+CUE_STRENGTH = 1.0
 _PIXEL_NOISE = 6.0
 
 
@@ -236,9 +238,9 @@ def _object_masks(obj, yy, xx):
     return mask | (cabin_x & cabin_y), windows
 
 
-def _render_scene(rng, scene, size):
+def _render_scene(rng, scene, size, cue_strength):
     """
-    Draw a sampled scene.
+    Draw a sampled scene (``cue_strength`` scales the class colour offsets).
 
     Returns:
         image: (size, size, 3) uint8 RGB.
@@ -270,6 +272,7 @@ def _render_scene(rng, scene, size):
     for obj in sorted(scene["objects"], key=lambda o: o["bottom"]):  # far (higher up) first
         cls = obj["class"]
         offset, cell = _OBJECT_CUES[cls]
+        offset = cue_strength * np.asarray(offset, np.float32)
         brightness = rng.normal(0.0, 14.0)
         mean = np.asarray(_GROUP_MEAN[_GROUP_OF[cls]], np.float32) + offset + brightness + rng.normal(0.0, 6.0, 3)
         jitter = rng.uniform(0.8, 1.25)
@@ -330,6 +333,7 @@ def generate_synthetic_context(
     num_val_rare=100,
     image_size=128,
     context_bias=0.9,
+    cue_strength=CUE_STRENGTH,
     seed=0,
     progress=None,
 ):
@@ -349,6 +353,8 @@ def generate_synthetic_context(
         num_train, num_val, num_val_rare: images per split (>= 1).
         image_size: side of the square images in pixels (>= 32).
         context_bias: probability that a train/val object stands on its preferred ground.
+        cue_strength: multiplier of the per-class mean-colour offsets, the appearance cue that
+            tells the members of a group apart (larger = easier without context).
         seed: non-negative int.
         progress: optional ``callable(done, total)`` called after each image.
 
@@ -366,6 +372,7 @@ def generate_synthetic_context(
         "num_val_rare": int(num_val_rare),
         "image_size": int(image_size),
         "context_bias": float(context_bias),
+        "cue_strength": float(cue_strength),
         "seed": int(seed),
     }
     if min(params["num_train"], params["num_val"], params["num_val_rare"]) < 1:
@@ -374,6 +381,8 @@ def generate_synthetic_context(
         raise ValueError(f"image_size must be >= 32, got {image_size}")
     if not 0.0 <= params["context_bias"] <= 1.0:
         raise ValueError(f"context_bias must be in [0, 1], got {context_bias}")
+    if params["cue_strength"] < 0:
+        raise ValueError(f"cue_strength must be >= 0, got {cue_strength}")
     if params["seed"] < 0:
         raise ValueError(f"seed must be >= 0, got {seed}")
 
@@ -406,7 +415,7 @@ def generate_synthetic_context(
             image_path = os.path.join(image_dir, f"{i:05d}.jpg")
             label_path = os.path.join(raw_dir, f"{i:05d}.png")
             if not (os.path.exists(image_path) and os.path.exists(label_path)):
-                image, label = _render_scene(rng, scene, size)
+                image, label = _render_scene(rng, scene, size, params["cue_strength"])
                 atomic_save_image(image, image_path, quality=JPEG_QUALITY)
                 atomic_save_image(label, label_path)
             done += 1
