@@ -6,7 +6,7 @@ summary: image counts, time, class pixel frequencies and the fraction of objects
 their preferred ground, per split.
 
     python datasets/prepare_synthetic_context.py                 # $DETECTRON2_DATASETS or ./datasets
-    python datasets/prepare_synthetic_context.py --root /data --context-bias 0.95
+    python datasets/prepare_synthetic_context.py --root /data --context-bias 0.9
 
 Running it again with the same arguments does nothing; an interrupted run is resumed.
 """
@@ -23,6 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from segcls.data.datasets.sem_seg import get_datasets_root  # noqa: E402
 from segcls.data.datasets.synthetic_context import (  # noqa: E402
+    CONTEXT_BIAS,
     CUE_STRENGTH,
     SYNTHETIC_CONTEXT_CLASSES,
     SYNTHETIC_CONTEXT_DIRNAME,
@@ -74,7 +75,7 @@ def main():
     parser.add_argument(
         "--context-bias",
         type=float,
-        default=0.9,
+        default=CONTEXT_BIAS,
         help="probability that a train/val object stands on its preferred ground (default: %(default)s)",
     )
     parser.add_argument(

@@ -109,8 +109,13 @@ _OBJECT_CUES = {
     "car": ((6, 0, -4), (8, 8)),  # blotches
 }
 _OBJECT_TEXTURE_AMPLITUDE = 32.0
-# Default multiplier of the colour offsets above (generate_synthetic_context's cue_strength).
-CUE_STRENGTH = 1.0
+# Defaults of generate_synthetic_context, calibrated with the demo model (FCN-R18, 1000
+# iterations): with context_bias 0.9 (cue 1, 3 or 5) it ignored appearance on val_rare entirely
+# (object IoU ~0); with 0.7 and cue 3 it reached 72 mIoU on val and 55 on val_rare, a measurable
+# reliance on context that leaves room for context-aware methods to improve.
+CONTEXT_BIAS = 0.7
+# Multiplier of the class colour offsets above.
+CUE_STRENGTH = 3.0
 _PIXEL_NOISE = 6.0
 
 
@@ -332,7 +337,7 @@ def generate_synthetic_context(
     num_val=100,
     num_val_rare=100,
     image_size=128,
-    context_bias=0.9,
+    context_bias=CONTEXT_BIAS,
     cue_strength=CUE_STRENGTH,
     seed=0,
     progress=None,
