@@ -6,7 +6,7 @@ Train and evaluate one or more configs with several seeds and summarise mean and
         configs/synthetic_context/fcn_r18_demo.yaml configs/synthetic_context/fcn_r18_car.yaml
 
 Each run is ``tools/train_net.py --config-file CFG SEED s OUTPUT_DIR <output>/<cfg>/seed<s>``
-(trailing ``-- KEY VALUE`` pairs are passed to every run). A run whose ``eval/metrics.json``
+(``--opts KEY VALUE ...``, last on the command line, is passed to every run). A run whose ``eval/metrics.json``
 already exists is not repeated. The summary (mean, sample standard deviation, min, max of mIoU,
 mACC and pACC per test dataset) is printed as a table and written to ``<output>/summary.json``.
 """
@@ -49,9 +49,9 @@ def main(argv=None):
     parser.add_argument("configs", nargs="+", help="config files")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--output", required=True, help="folder for the runs and summary.json")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, default=[], help="-- KEY VALUE ... for every run")
+    parser.add_argument("--opts", nargs="*", default=[], help="KEY VALUE pairs passed to every run (last)")
     args = parser.parse_args(argv)
-    opts = args.opts[1:] if args.opts[:1] == ["--"] else args.opts
+    opts = args.opts
 
     summary, rows = {}, []
     for config in args.configs:
