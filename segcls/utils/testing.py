@@ -5,7 +5,6 @@ tiny on-disk datasets and tiny model configs, so a test trains and evaluates in 
 import os
 
 import numpy as np
-from detectron2.data import DatasetCatalog, MetadataCatalog
 from PIL import Image
 
 from ..data.datasets import register_sem_seg
@@ -49,10 +48,8 @@ def register_tiny_dataset(name, root, num_classes=3, **kwargs):
 
 
 def register_dirs(name, image_dir, label_dir, num_classes):
-    """Register an image/label folder pair as dataset ``name`` (e.g. again in a spawned process)."""
-    if name in DatasetCatalog.list():
-        DatasetCatalog.remove(name)
-        MetadataCatalog.remove(name)
+    """Register an image/label folder pair as dataset ``name`` (e.g. again in a spawned process);
+    ``register_sem_seg`` replaces an earlier registration of the same name."""
     register_sem_seg(
         name,
         image_dir,
