@@ -192,7 +192,7 @@ def add_segcls_config(cfg):
     # ---------------------------------------------------------------------------------------------
     # Number of "image | ground truth | prediction" PNGs written per test set (0 = none).
     cfg.TEST.NUM_OVERLAYS = 0
-    # Inference mode of every meta-architecture (segcls.modeling.meta_arch.utils.InferenceOptions):
+    # Inference mode of every meta-architecture (segcls.modeling.meta_arch.inference.InferenceOptions):
     # "whole" (the whole image at once, batched) or "slide"
     # (mmsegmentation's mode='slide': windows of CROP_SIZE [height, width] every STRIDE [height,
     # width] pixels, the last window of each row/column flush with the border; the logits of

@@ -163,7 +163,7 @@ def test_segmentor_trains_on_the_hrnetv2_feature():
 
     opts = ["MODEL.TIMM.NAME", "hrnet_w18_small", "MODEL.DEVICE", "cpu", "MODEL.SEM_SEG_HEAD.NUM_CLASSES", 5]
     model = build_model(_cfg("hrnet_w18.yaml", *opts, "MODEL.DECODE_HEAD.CHANNELS", 16))
-    assert model.size_divisibility == 32
+    assert model.preprocessor.size_divisibility == 32
     batch = [{"image": torch.randint(0, 255, (3, 60, 52), dtype=torch.uint8), "sem_seg": torch.randint(0, 5, (60, 52))}]
     losses = model(batch)
     sum(losses.values()).backward()

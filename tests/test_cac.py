@@ -24,6 +24,11 @@ H, W = 11, 13  # label grid: larger than and not a multiple of the feature grid
 TAU = 15.0
 
 
+def names(out):
+    """The prediction and loss-term names of a classifier's SegOutputs."""
+    return {*out.predictions, *out.losses}
+
+
 def make_cac(**kwargs):
     torch.manual_seed(0)
     args = dict(in_channels=D, num_classes=K, ignore_value=IGNORE, dropout=0.0)
@@ -280,20 +285,20 @@ def test_forward_train_and_eval_match_slow_chain():
     cac = make_cac()
     f, labels = make_inputs()
     out = cac(f, labels)
-    assert set(out) == {"pred", "pred_static", "pred_oracle", "loss_cac_kl"}
+    assert names(out) == {"main", "static", "oracle", "loss_cac_kl"}
     C = cac.weight
     y = slow_downsample(labels, h, w)
     p = slow_static(f, C, cac.conv.bias)
     p_y = slow_cos_logits(f, slow_A("concat_proj", cac.theta_y, slow_Cy(f, y, C), C))
     p_p = slow_cos_logits(f, slow_A("concat_proj", cac.theta_p, slow_Cp(f, p), C))
-    close(out["pred_static"], p)
-    close(out["pred_oracle"], p_y)
-    close(out["pred"], p_p)
-    close(out["loss_cac_kl"], slow_kl(p_p, p_y, y, 0.5, True, p_y))
+    close(out.predictions["static"].logits, p)
+    close(out.predictions["oracle"].logits, p_y)
+    close(out.logits, p_p)
+    close(out.losses["loss_cac_kl"], slow_kl(p_p, p_y, y, 0.5, True, p_y))
     cac.eval()
     inference = cac(f)
-    assert set(inference) == {"pred"}
-    close(inference["pred"], p_p)
+    assert names(inference) == {"main"}
+    close(inference.logits, p_p)
 
 
 def test_kl_weight_and_tau_are_applied():
@@ -301,9 +306,9 @@ def test_kl_weight_and_tau_are_applied():
     base = make_cac()(f, labels)
     other = make_cac(kl_weight=0.25, tau=5.0)(f, labels)
     y = slow_downsample(labels, h, w)
-    close(other["pred"], base["pred"] / 3)
-    p_p, p_y = base["pred"].detach() / 3, base["pred_oracle"].detach() / 3
-    close(other["loss_cac_kl"], 0.25 * slow_kl(p_p, p_y, y, 0.5, True, p_y))
+    close(other.logits, base.logits / 3)
+    p_p, p_y = base.logits.detach() / 3, base.predictions["oracle"].logits.detach() / 3
+    close(other.losses["loss_cac_kl"], 0.25 * slow_kl(p_p, p_y, y, 0.5, True, p_y))
 
 
 def test_dropout_only_on_the_static_path():
@@ -312,12 +317,12 @@ def test_dropout_only_on_the_static_path():
     cac = make_cac(dropout=0.5)
     torch.manual_seed(5)
     out = cac(f, labels)
-    assert not torch.allclose(out["pred_static"], plain["pred_static"])  # dropout did act on p
-    close(out["pred_oracle"], plain["pred_oracle"])  # f, C_y, p_y: before dropout
-    p = out["pred_static"].detach()
-    close(out["pred"], slow_cos_logits(f, slow_A("concat_proj", cac.theta_p, slow_Cp(f, p), cac.weight)))
+    assert not torch.allclose(out.predictions["static"].logits, plain.predictions["static"].logits)  # dropout did act on p
+    close(out.predictions["oracle"].logits, plain.predictions["oracle"].logits)  # f, C_y, p_y: before dropout
+    p = out.predictions["static"].logits.detach()
+    close(out.logits, slow_cos_logits(f, slow_A("concat_proj", cac.theta_p, slow_Cp(f, p), cac.weight)))
     cac.eval()
-    close(cac(f)["pred"], make_cac().eval()(f)["pred"])  # no dropout at inference
+    close(cac(f).logits, make_cac().eval()(f).logits)  # no dropout at inference
 
 
 # -------------------------------------------------------------------------------------------------
@@ -328,10 +333,10 @@ def _loss_terms(cac, f, labels):
     ce = CrossEntropyLoss(ignore_value=IGNORE)
     up = lambda x: F.interpolate(x, size=labels.shape[-2:], mode="bilinear", align_corners=False)  # noqa: E731
     return {
-        "ce_p_p": ce(up(out["pred"]), labels),
-        "ce_p": ce(up(out["pred_static"]), labels),
-        "ce_p_y": ce(up(out["pred_oracle"]), labels),
-        "kl": out["loss_cac_kl"],
+        "ce_p_p": ce(up(out.logits), labels),
+        "ce_p": ce(up(out.predictions["static"].logits), labels),
+        "ce_p_y": ce(up(out.predictions["oracle"].logits), labels),
+        "kl": out.losses["loss_cac_kl"],
     }
 
 
@@ -413,21 +418,21 @@ def test_ablation_switches():
     cos_only = make_cac(context=False, static_similarity="cos")
     assert cos_only.theta_p is None and cos_only.theta_y is None and cos_only.conv.bias is None
     out = cos_only(f, labels)
-    assert set(out) == {"pred"}
-    close(out["pred"], slow_cos_logits(f, cos_only.weight))
+    assert names(out) == {"main"}
+    close(out.logits, slow_cos_logits(f, cos_only.weight))
     # Table 4 (c): dot-product context classifier
     dot = make_cac(context_similarity="dot")
     C = dot.weight
     A_p = slow_A("concat_proj", dot.theta_p, slow_Cp(f, slow_static(f, C, dot.conv.bias)), C)
-    close(dot(f, labels)["pred"], torch.einsum("nkd,ndhw->nkhw", A_p, f))
+    close(dot(f, labels).logits, torch.einsum("nkd,ndhw->nkhw", A_p, f))
     # Table 2 (c): no L_y^ce and no KL -> no oracle branch; (e): KL without L_y^ce -> theta_y frozen
     no_oracle = make_cac(oracle_loss=False, kl_weight=0.0)
-    assert no_oracle.theta_y is None and set(no_oracle(f)) == {"pred", "pred_static"}
+    assert no_oracle.theta_y is None and names(no_oracle(f)) == {"main", "static"}
     frozen = make_cac(oracle_loss=False)
     assert not any(p.requires_grad for p in frozen.theta_y.parameters())
-    assert set(frozen(f, labels)) == {"pred", "pred_static", "loss_cac_kl"}
+    assert names(frozen(f, labels)) == {"main", "static", "loss_cac_kl"}
     # Table 2 (b): no L^ce
-    assert set(make_cac(static_loss=False)(f, labels)) == {"pred", "pred_oracle", "loss_cac_kl"}
+    assert names(make_cac(static_loss=False)(f, labels)) == {"main", "oracle", "loss_cac_kl"}
 
 
 @pytest.mark.parametrize(

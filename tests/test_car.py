@@ -20,6 +20,7 @@ from torch.nn import functional as F
 from segcls.engine import load_config
 from segcls.modeling import DECODE_HEAD_REGISTRY
 from segcls.modeling.heads import HeadTail
+from segcls.modeling.outputs import SegOutputs
 from segcls.modeling.regularizers.car import (
     CARRegularizer,
     align_corners_nearest_index,
@@ -48,6 +49,11 @@ def ref_index(in_size, out_size):
         whole = math.floor(v)
         out.append(whole + 1 if v - whole >= Fraction(1, 2) else whole)
     return out
+
+
+def feats(pixel_feature=None, **reg_features):
+    """A head's outputs carrying these features (the regularizer's input type)."""
+    return SegOutputs(pixel_feature=pixel_feature, reg_features=reg_features)
 
 
 def ref_resize(labels, h, w):
@@ -202,7 +208,7 @@ CASES = {
 def test_losses_match_loop_reference(case):
     kwargs = CASES[case]
     x, labels = make_inputs(seed=1)
-    got = car(**kwargs)(dict(reg_feature=x), labels)
+    got = car(**kwargs)(feats(reg_feature=x), labels)
     want = reference_losses(
         x,
         labels,
@@ -220,23 +226,23 @@ def test_losses_match_loop_reference(case):
 
 def test_single_class_batch_and_intra_floor():
     x, labels = make_inputs(seed=2, present=(3,))
-    got = car()(dict(reg_feature=x), labels)
+    got = car()(feats(reg_feature=x), labels)
     want = reference_losses(x, labels, 6)
     for name in LOSS_NAMES:
         assert_close(got[name], want[name], rtol=1e-10, atol=1e-12)
     # Every pixel equal to its class center: intra-c2p is floored at 1e-5.
     constant = torch.ones(2, 3, 5, 4, dtype=torch.float64)
-    assert_close(car()(dict(reg_feature=constant), labels)["loss_car_intra_c2p"], 1e-5, rtol=0, atol=0)
+    assert_close(car()(feats(reg_feature=constant), labels)["loss_car_intra_c2p"], 1e-5, rtol=0, atol=0)
 
 
 def test_weights_switches_and_total():
     x, labels = make_inputs(seed=3)
-    base = car()(dict(reg_feature=x), labels)
-    weighted = car(intra_weight=2.0, inter_weight=0.5)(dict(reg_feature=x), labels)
+    base = car()(feats(reg_feature=x), labels)
+    weighted = car(intra_weight=2.0, inter_weight=0.5)(feats(reg_feature=x), labels)
     assert_close(weighted["loss_car_intra_c2p"], 2 * base["loss_car_intra_c2p"])
     assert_close(weighted["loss_car_inter_c2c"], 0.5 * base["loss_car_inter_c2c"])
     assert_close(weighted["loss_car_inter_c2p"], 0.5 * base["loss_car_inter_c2p"])
-    only_c2c = car(intra_c2p=False, inter_c2p=False)(dict(reg_feature=x), labels)
+    only_c2c = car(intra_c2p=False, inter_c2p=False)(feats(reg_feature=x), labels)
     assert list(only_c2c) == ["loss_car_inter_c2c"]
 
 
@@ -290,7 +296,7 @@ def test_feature_gradients_follow_the_stop_gradients(per_image):
     centers = "image" if per_image else "batch"
     for name in LOSS_NAMES:
         x = x0.clone().requires_grad_(True)
-        got = torch.autograd.grad(car(K=4, centers=centers)(dict(reg_feature=x), labels)[name], x)[0]
+        got = torch.autograd.grad(car(K=4, centers=centers)(feats(reg_feature=x), labels)[name], x)[0]
         frozen = x0.clone()
         x = x0.clone().requires_grad_(True)
         want = torch.autograd.grad(reference_losses(x, labels, 4, per_image=per_image, frozen=frozen)[name], x)[0]
@@ -318,11 +324,11 @@ def test_moving_average_centers_and_checkpoint():
         return torch.stack(ref_centers(x, lab, 6, False)[0])
 
     mu1, mu2 = batch_centers(x1, labels1), batch_centers(x2, labels2)
-    reg(dict(reg_feature=x1), labels1)
+    reg(feats(reg_feature=x1), labels1)
     expected = 0.1 * mu1  # running centers start at 0; classes 3 and 5 absent stay 0
     assert_close(reg.running_centers_0, expected)
     x2.requires_grad_(True)
-    out = reg(dict(reg_feature=x2), labels2)
+    out = reg(feats(reg_feature=x2), labels2)
     present = torch.zeros(6, 1, dtype=torch.float64)
     present[resize_labels(labels2, (5, 4)).unique()[:-1]] = 1  # drop IGNORE (the largest value)
     assert present.sum() == 2
@@ -353,15 +359,15 @@ def test_feature_keys_suffixes_and_fallback():
     x2, _ = make_inputs(seed=10, C=5)
     single = car()
     both = car(feature_keys=["reg_feature_pam", "reg_feature_cam"])(
-        {"reg_feature_pam": x1, "reg_feature_cam": x2, "pixel_feature": x2}, labels
+        feats(reg_feature_pam=x1, reg_feature_cam=x2, pixel_feature=x2), labels
     )
     assert sorted(both) == sorted(n + s for n in LOSS_NAMES for s in ("_pam", "_cam"))
-    for name, value in single(dict(reg_feature=x1), labels).items():
+    for name, value in single(feats(reg_feature=x1), labels).items():
         assert_close(both[name + "_pam"], value)
-    for name, value in single(dict(pixel_feature=x2), labels).items():  # no projection: fallback
+    for name, value in single(feats(pixel_feature=x2), labels).items():  # no projection: fallback
         assert_close(both[name + "_cam"], value)
     with pytest.raises(KeyError, match="MODEL.CAR.FEATURE_KEYS.*reg_feature_pam"):
-        car(feature_keys=["reg_feature_pam"])(dict(pixel_feature=x1), labels)
+        car(feature_keys=["reg_feature_pam"])(feats(pixel_feature=x1), labels)
 
 
 @pytest.mark.parametrize(
@@ -386,9 +392,9 @@ def test_bad_labels_and_shapes():
     x, labels = make_inputs(seed=11)
     labels[0, 0, 0] = 7
     with pytest.raises(ValueError, match=r"labels \[7\].*NUM_CLASSES=6"):
-        car()(dict(reg_feature=x), labels)
+        car()(feats(reg_feature=x), labels)
     with pytest.raises(ValueError, match="same N"):
-        car()(dict(reg_feature=x), labels[:1])
+        car()(feats(reg_feature=x), labels[:1])
 
 
 # -------------------------------------------------------------------------------------------------
@@ -747,7 +753,7 @@ def test_class_dependency_tool(car_tiny_dataset, tmp_path):
     sums, counts = torch.zeros(4, 128, dtype=torch.float64), torch.zeros(4, dtype=torch.float64)
     for inputs in dataset_inputs(cfg, name):
         outputs, _, labels = head_outputs(model, [inputs])
-        feat = outputs["reg_feature"][0].double()
+        feat = outputs.reg_features["reg_feature"][0].double()
         lab = resize_labels(labels, feat.shape[-2:])[0]
         for k in range(4):
             sums[k] += feat[:, lab == k].sum(1)

@@ -21,12 +21,15 @@ sys.path.insert(0, DATA)
 import make_reference_checkpoints as reference  # noqa: E402
 
 REFERENCE = torch.load(os.path.join(DATA, "reference_checkpoints.pth"), weights_only=False)
+# Defaults that changed on purpose since the reference was written, and the keys that restore the
+# old behaviour: CAC's static/oracle cross-entropies follow the released code's align_corners=True.
+RESTORE_OLD_DEFAULTS = {"cac": ["MODEL.CAC.SIDE_LOSS_ALIGN_CORNERS", "False"]}
 
 
 @pytest.mark.parametrize("name", sorted(REFERENCE["cases"]))
 def test_old_checkpoint_loads_and_computes_the_same(name):
     case = REFERENCE["cases"][name]
-    model = build_model(load_config(opts=case["opts"]))
+    model = build_model(load_config(opts=case["opts"] + RESTORE_OLD_DEFAULTS.get(name, [])))
     result = model.load_state_dict(case["state_dict"], strict=True)
     assert not result.missing_keys and not result.unexpected_keys
     outputs, losses = reference.run(model, REFERENCE["inputs"])
@@ -41,4 +44,4 @@ def test_reference_cases_cover_every_decode_head():
 
     covered = {"FCNHead"} | {opts[opts.index("MODEL.DECODE_HEAD.NAME") + 1] for opts in (
         c["opts"] for c in REFERENCE["cases"].values()) if "MODEL.DECODE_HEAD.NAME" in opts}
-    assert covered == {name for name, _ in DECODE_HEAD_REGISTRY}
+    assert covered == {name for name, cls in DECODE_HEAD_REGISTRY if cls.__module__.startswith("segcls.")}

@@ -10,6 +10,7 @@ from torch import nn
 
 from segcls.utils.config import get_config_node
 from segcls.engine import load_config
+from segcls.modeling.outputs import MAIN, Prediction, SegOutputs
 from segcls.modeling import (
     CLASSIFIER_REGISTRY,
     DECODE_HEAD_REGISTRY,
@@ -73,7 +74,7 @@ class _TestIdentityHead(nn.Module):
         self.out_stride = input_shape["res5"].stride
 
     def forward(self, features, targets=None):
-        return {"pixel_feature": features["res5"], "loss_test_head": features["res5"].sum() * 0}
+        return SegOutputs(pixel_feature=features["res5"], losses={"loss_test_head": features["res5"].sum() * 0})
 
 
 @CLASSIFIER_REGISTRY.register()
@@ -83,9 +84,9 @@ class _TestTwoPredClassifier(nn.Module):
         self.conv = nn.Conv2d(in_channels, num_classes, 1)
 
     def forward(self, x, targets=None):
-        out = {"pred": self.conv(x)}
-        if self.training:
-            out["pred_extra"] = 2 * out["pred"]
+        out = SegOutputs(predictions={MAIN: Prediction(self.conv(x))})
+        if self.training:  # no loss spec of its own: scored with MODEL.DECODE_HEAD.LOSSES
+            out.predictions["extra"] = Prediction(2 * out.logits)
         return out
 
 
@@ -106,7 +107,7 @@ class _TestFeatureNorm(nn.Module):
         super().__init__()
 
     def forward(self, outputs, targets):
-        return {"loss_featnorm": outputs["pixel_feature"].pow(2).mean()}
+        return {"loss_featnorm": outputs.pixel_feature.pow(2).mean()}
 
 
 def test_fork_pieces_are_selected_from_config():

@@ -19,6 +19,7 @@ from torch.nn import functional as F
 from segcls.data.datasets.sem_seg import register_sem_seg
 from segcls.engine import Trainer
 from segcls.engine.defaults import load_config
+from segcls.modeling.outputs import MAIN, Prediction, SegOutputs
 from segcls.modeling.ecenet import (
     ECENetCriterion,
     ExplicitClassExtraction,
@@ -434,11 +435,11 @@ def test_decoder_structure_and_fused_prediction():
     dec = model.decoder
     assert len(dec.eces) == 4 and len(dec.attentions) == 3 and len(dec.updaters) == 3
     assert [m[1].upscale_factor for m in dec.aggregation.upsamplers] == [1, 2, 4, 8]
-    assert dec.eces[0].pool_size == 2 and model.size_divisibility == 32  # floor(sqrt(4)) = 2
+    assert dec.eces[0].pool_size == 2 and model.preprocessor.size_divisibility == 32  # floor(sqrt(4)) = 2
     captured = {}
     dec.aggregation.register_forward_hook(lambda m, i, o: captured.update(agg=o))
     model.eval()
-    images, _ = model.preprocess(blocky_batch(1))
+    images, _ = model.preprocessor(blocky_batch(1))
     with torch.no_grad():
         out = dec(model.backbone(images.tensor))
     assert [t.shape[1:] for t in out["pred_logits"]] == [(NUM_CLASSES, NUM_CLASSES + 1)] * 4
@@ -479,7 +480,7 @@ def test_pixel_ce_on_fused_prediction_honours_ignore():
     logits = rand(1, NUM_CLASSES, 4, 4)
     labels = torch.randint(0, NUM_CLASSES, (1, 8, 8), generator=torch.Generator().manual_seed(0))
     labels[0, :3] = 255
-    loss = model.pixel_losses(logits, labels, model.losses, model.loss_weights, "loss_")
+    loss = model.pixel_loss(SegOutputs(predictions={MAIN: Prediction(logits)}), labels)
     up = np.stack([direct_bilinear(np_(logits)[0, k], 8, 8) for k in range(NUM_CLASSES)])
     logp = up - np.log(np.exp(up).sum(0))
     valid = labels[0].numpy() != 255
@@ -548,13 +549,13 @@ def test_per_pixel_segmentor_keeps_its_contract():
     """The shared SemSegIOMixin: per-pixel output size and the training-input check are unchanged."""
     cfg = tiny_cfg("MODEL.META_ARCHITECTURE", "PerPixelSegmentor", "MODEL.DECODE_HEAD.CHANNELS", "16")
     model = build_model(cfg)
-    assert isinstance(model, PerPixelSegmentor) and model.size_divisibility == 0
+    assert isinstance(model, PerPixelSegmentor) and model.preprocessor.size_divisibility == 0
     model.eval()
     with torch.no_grad():
         out = model([{"image": torch.rand(3, 60, 50) * 255, "height": 30, "width": 25}])
     assert out[0]["sem_seg"].shape == (NUM_CLASSES, 30, 25)
     model.train()
-    with pytest.raises(ValueError, match="PerPixelSegmentor in training mode needs 'sem_seg'"):
+    with pytest.raises(ValueError, match="training mode needs 'sem_seg'"):
         model([{"image": torch.rand(3, 64, 64)}])
     assert set(model(blocky_batch(1))) == {"loss_ce"}
 

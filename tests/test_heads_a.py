@@ -73,12 +73,12 @@ def test_head_shapes_train_and_eval(name):
     assert set(losses) == {"loss_ce"} and torch.isfinite(losses["loss_ce"])
     model.eval()
     with torch.no_grad():
-        images, _ = model.preprocess(batch)
+        images, _ = model.preprocessor(batch)
         out = head(model.backbone(images.tensor))
         results = model(batch)
     h = SIZE // head.out_stride
-    assert out["pixel_feature"].shape == (2, head.out_channels, h, h)
-    assert "reg_feature" not in out
+    assert out.pixel_feature.shape == (2, head.out_channels, h, h)
+    assert "reg_feature" not in out.reg_features
     assert results[0]["sem_seg"].shape == (K, SIZE, SIZE)
     expected_stride = 4 if name in ("DeepLabV3PlusHead", "UPerHead") else 8
     assert head.out_stride == expected_stride
@@ -104,11 +104,11 @@ def test_head_as_aux_head_and_with_reg_projection_and_change_a(name):
     assert model.decode_head.tail.conv.weight.shape[-1] == 1
     batch = toy_batch()
     model.train()
-    images, targets = model.preprocess(batch)
+    images, targets = model.preprocessor(batch)
     outputs = model.predict(images.tensor, targets)
     h = SIZE // model.decode_head.out_stride
-    assert outputs["reg_feature"].shape == (2, 6, h, h)
-    assert outputs["aux_pred"].shape[:2] == (2, K)
+    assert outputs.reg_features["reg_feature"].shape == (2, 6, h, h)
+    assert outputs.predictions["aux"].logits.shape[:2] == (2, K)
     losses = model(batch)
     assert set(losses) == {"loss_ce", "loss_aux_ce"} and all(torch.isfinite(v) for v in losses.values())
 

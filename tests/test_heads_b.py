@@ -86,16 +86,16 @@ def test_shapes_train_and_eval(head, projection):
     assert set(losses) == {"loss_ce"} | EXTRA_LOSSES[head]
     assert all(v.dim() == 0 and torch.isfinite(v) for v in losses.values())
 
-    images, targets = model.preprocess(inputs)
+    images, targets = model.preprocessor(inputs)
     outputs = model.predict(images.tensor, targets)
-    assert outputs["pixel_feature"].shape == (2, 16, 8, 6)
-    assert outputs["pred"].shape == (2, NUM_CLASSES, 8, 6)
+    assert outputs.pixel_feature.shape == (2, 16, 8, 6)
+    assert outputs.logits.shape == (2, NUM_CLASSES, 8, 6)
     reg_keys = {"reg_feature_pam", "reg_feature_cam"} if head == "DAHead" else {"reg_feature"} if projection else set()
-    assert reg_keys <= set(outputs)
+    assert reg_keys <= set(outputs.reg_features)
     for key in reg_keys:
-        assert outputs[key].shape == (2, 12 if projection else 16, 8, 6)
+        assert outputs.reg_features[key].shape == (2, 12 if projection else 16, 8, 6)
     if head == "DAHead":
-        assert "reg_feature" not in outputs
+        assert "reg_feature" not in outputs.reg_features
 
     model.eval()
     with torch.no_grad():
@@ -286,9 +286,11 @@ def test_ocr_coarse_loss_has_its_own_weight():
     features = {"res4": torch.randn(2, 8, 4, 4), "res5": torch.randn(2, 12, 4, 4)}
     targets = torch.randint(0, NUM_CLASSES, (2, 32, 32))
     out = head(features, targets)
-    coarse = head.coarse_classifier(head.coarse_conv(features["res4"]))["pred"]  # no dropout: same logits
+    coarse = head.coarse_classifier(head.coarse_conv(features["res4"])).logits  # no dropout: same logits
     expected = 0.25 * F.cross_entropy(F.interpolate(coarse, (32, 32), mode="bilinear"), targets)
-    torch.testing.assert_close(out["loss_ocr_coarse_ce"], expected)
+    prediction = out.predictions["ocr_coarse"]
+    torch.testing.assert_close(prediction.logits, coarse)
+    torch.testing.assert_close(prediction.loss(prediction.logits, targets), {"ce": expected})
 
 
 # --------------------------------------------------------------------------- CPNet

@@ -13,7 +13,9 @@ from segcls.engine import load_config
 
 from segcls.modeling.classifiers import LinearClassifier
 from segcls.modeling.meta_arch.per_pixel import PerPixelSegmentor
-from segcls.modeling.meta_arch.utils import InferenceOptions
+from segcls.modeling.losses import PixelLossSet
+from segcls.modeling.meta_arch.inference import InferenceOptions
+from segcls.modeling.outputs import SegOutputs
 
 K = 5
 
@@ -39,7 +41,7 @@ class TinyHead(nn.Module):
         self.conv = nn.Conv2d(8, 8, 3, 1, 1)
 
     def forward(self, features, targets=None):
-        return {"pixel_feature": self.conv(features["res5"])}
+        return SegOutputs(pixel_feature=self.conv(features["res5"]))
 
 
 def tiny_model(**inference_options):
@@ -49,8 +51,7 @@ def tiny_model(**inference_options):
         backbone=TinyBackbone(),
         decode_head=TinyHead(),
         classifier=LinearClassifier(in_channels=8, num_classes=K, dropout=0.0),
-        losses=[],
-        loss_weights=[],
+        loss=PixelLossSet([], []),
         num_classes=K,
         pixel_mean=[120.0, 115.0, 100.0],
         pixel_std=[60.0, 58.0, 57.0],
@@ -148,14 +149,14 @@ def test_meta_architectures_take_inference_modes_from_config(meta_architecture):
     cfg.merge_from_list(["TEST.MODE", "slide", "TEST.CROP_SIZE", "[40, 56]", "TEST.STRIDE", "[16, 24]"])
     torch.manual_seed(0)
     slide = build_model(cfg).eval()
-    assert slide.inference_options == InferenceOptions("slide", (40, 56), (16, 24), (), True)
+    assert slide.inferencer.options == InferenceOptions("slide", (40, 56), (16, 24), (), True)
     cfg.merge_from_list(["TEST.MODE", "whole"])
     whole = build_model(cfg).eval()
     whole.load_state_dict(slide.state_dict())
     image = random_image(40, 56)
     torch.testing.assert_close(infer(slide, image), infer(whole, image), rtol=0, atol=0)  # one window = whole image
     cfg.merge_from_list(["TEST.AUG.ENABLED", "True", "TEST.AUG.FLIP", "False"])
-    assert build_model(cfg).inference_options == InferenceOptions(
+    assert build_model(cfg).inferencer.options == InferenceOptions(
         "whole", (40, 56), (16, 24), (0.5, 0.75, 1.0, 1.25, 1.5, 1.75), False
     )
 

@@ -94,7 +94,7 @@ def test_deeplabv3plus_with_ksac_encoder():
     plus = DeepLabV3PlusHead(cfg, shapes)
     assert [tuple(w.shape) for w in conv_weights(plus.aspp.atrous)] == [(8, 16, 3, 3)]
     out = plus.eval()({"res2": torch.randn(2, 4, 12, 12), "res5": torch.randn(2, 16, 3, 3)})
-    assert out["pixel_feature"].shape == (2, 8, 12, 12)
+    assert out.pixel_feature.shape == (2, 8, 12, 12)
     cfg.MODEL.DECODE_HEAD.ASPP.SEPARABLE = True
     with pytest.raises(ValueError, match="SEPARABLE"):
         DeepLabV3PlusHead(cfg, shapes)

@@ -47,7 +47,7 @@ def test_inference_returns_logits_at_requested_size():
 
 def test_padding_to_size_divisibility_pads_labels_with_ignore():
     model = _model("INPUT.SIZE_DIVISIBILITY", "32")
-    images, targets = model.preprocess(_batch([(33, 41), (30, 45)]))
+    images, targets = model.preprocessor(_batch([(33, 41), (30, 45)]))
     assert images.tensor.shape[-2:] == (64, 64)
     assert images.image_sizes == [(33, 41), (30, 45)]
     assert (targets[0, 33:] == 255).all() and (targets[0, :, 41:] == 255).all()

@@ -25,6 +25,7 @@ from detectron2.modeling.postprocessing import sem_seg_postprocess  # noqa: E402
 import segcls  # noqa: E402,F401  (registers datasets and modules)
 from segcls.analysis.car import car_view, dataset_inputs, head_outputs, load_model, pixel_relation  # noqa: E402
 from segcls.engine import load_config  # noqa: E402
+from segcls.modeling.layers import resize  # noqa: E402
 from segcls.utils.visualization import colorize_labels  # noqa: E402
 
 
@@ -52,16 +53,16 @@ def main(argv=None):
     if not (0 <= row < height and 0 <= col < width):
         raise ValueError(f"--pixel {row} {col} is outside the {height}x{width} image")
     outputs, images, _ = head_outputs(model, [inputs])
-    feature = car.feature(outputs, car.feature_keys[0])[0].double()
+    feature = outputs.reg_feature(car.feature_keys[0])[0].double()
     image_size, padded = images.image_sizes[0], images.tensor.shape[-2:]
     # The chosen pixel in the (possibly test-resized) network input.
     in_row, in_col = row * image_size[0] // height, col * image_size[1] // width
     relation = pixel_relation(feature, padded, in_row, in_col)
     # On the original image, as the model's inference output: resize to the padded input, crop, resize.
-    relation = sem_seg_postprocess(model.resize(relation[None, None], padded)[0], image_size, height, width)[0]
+    relation = sem_seg_postprocess(resize(relation[None, None], padded, model.inferencer.align_corners)[0], image_size, height, width)[0]
     relation = relation.numpy()
     shown = (relation - relation.min()) / max(float(relation.max() - relation.min()), 1e-12)
-    logits = sem_seg_postprocess(model.resize(outputs["pred"], padded)[0], image_size, height, width)
+    logits = sem_seg_postprocess(resize(outputs.logits, padded, model.inferencer.align_corners)[0], image_size, height, width)
     prediction = logits.argmax(0).numpy()
     image = read_image(inputs["file_name"], format="RGB")
     colors = getattr(MetadataCatalog.get(args.dataset), "stuff_colors", None)

@@ -61,7 +61,7 @@ def head_outputs(model, inputs: List[dict]) -> Tuple[Dict[str, torch.Tensor], ob
     for x in inputs:
         if "sem_seg" in x and tuple(x["sem_seg"].shape) != tuple(x["image"].shape[-2:]):
             x["sem_seg"] = resize_labels(x["sem_seg"][None], x["image"].shape[-2:])[0]
-    images, labels = model.preprocess(inputs)
+    images, labels = model.preprocessor(inputs)
     return model.predict(images.tensor), images, labels
 
 
@@ -78,7 +78,7 @@ def split_class_centers(model, car: CARRegularizer, inputs: Iterable[dict]):
         outputs, _, labels = head_outputs(model, [x])
         if labels is None:
             raise ValueError(f"'{x.get('file_name', 'an input')}' has no label: class centers need labelled images")
-        feats, onehot = car.prepare(car.feature(outputs, key), labels)
+        feats, onehot = car.prepare(outputs.reg_feature(key), labels)
         sums = sums + (onehot.transpose(1, 2) @ feats).sum(0).double()
         counts = counts + onehot.sum((0, 1)).double()
     if isinstance(counts, int):

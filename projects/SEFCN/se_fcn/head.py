@@ -6,6 +6,7 @@ from torch import nn
 
 from segcls.utils.config import get_config_node
 from segcls.modeling import DECODE_HEAD_REGISTRY
+from segcls.modeling.outputs import SegOutputs
 
 
 @DECODE_HEAD_REGISTRY.register()
@@ -13,7 +14,8 @@ class SEHead(nn.Module):
     """
     Gate the channels of the head's input feature with squeeze-and-excitation
     (``x * sigmoid(W2 relu(W1 avgpool(x)))``, x: (N, C, h, w)), then run any registered decode head
-    (``MODEL.SE_FCN.BASE_HEAD``) on it; returns that head's outputs unchanged.
+    (``MODEL.SE_FCN.BASE_HEAD``) on it; returns that head's :class:`SegOutputs` (pixel feature,
+    regularizer features, predictions with their loss specs, ready-made losses) unchanged.
     """
 
     @configurable
@@ -41,7 +43,7 @@ class SEHead(nn.Module):
             "reduction": cfg.MODEL.SE_FCN.REDUCTION,
         }
 
-    def forward(self, features: Dict[str, torch.Tensor], targets=None) -> Dict[str, torch.Tensor]:
+    def forward(self, features: Dict[str, torch.Tensor], targets=None) -> SegOutputs:
         x = features[self.in_feature]
         features = dict(features, **{self.in_feature: x * self.gate(x)})
         return self.base_head(features, targets)

@@ -19,7 +19,7 @@ def test_fork_config_builds_its_head_and_loss_and_trains():
     torch.manual_seed(0)
     model = build_model(cfg)
     assert isinstance(model.decode_head, SEHead)
-    assert isinstance(model.losses[0], LabelSmoothingCrossEntropyLoss)
+    assert isinstance(model.criterion.default.losses[0], LabelSmoothingCrossEntropyLoss)
     batch = [{"image": torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8), "sem_seg": torch.randint(0, 11, (32, 32))}]
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     with EventStorage():

@@ -11,15 +11,27 @@ the weight and bias of the ordinary 1x1 classifier, ``y`` the labels, ``tau`` th
 Where the paper is silent the authors' released implementation is followed; each rule is stated
 next to the function that implements it.
 
-Training outputs (scored by :class:`PerPixelSegmentor`, Eq. 8)::
+Training outputs (a :class:`~segcls.modeling.outputs.SegOutputs`, Eq. 8):
+predictions ``main`` = p_p, ``static`` = p, ``oracle`` = p_y, each (N, K, h, w), and the
+ready-made term ``loss_cac_kl`` = lambda_KL * L_KL. Inference returns the main prediction p_p only.
 
-    {"pred": p_p, "pred_static": p, "pred_oracle": p_y, "loss_cac_kl": lambda_KL * L_KL}
+Loss rules of the released code (the default; every term has weight 1, Eq. 8):
 
-``pred*`` are (N, K, h, w) logits that the meta-architecture resizes to the label size and scores
-with ``MODEL.DECODE_HEAD.LOSSES`` (so L = CE(p_p) + CE(p) + CE(p_y) + lambda_KL * L_KL with the
-framework's standard CE). Inference returns ``{"pred": p_p}`` only.
+- ``L_p^ce`` on p_p (``loss_ce``): the main prediction carries no loss spec, so it gets
+  ``MODEL.DECODE_HEAD.LOSSES`` with ``MODEL.ALIGN_CORNERS`` (False: bilinear,
+  align_corners=False, as the inference resize); the shipped CAC configs set
+  ``MODEL.LOSS.CE_NORMALIZATION: "all"`` (sum over valid pixels / all B*H*W label pixels,
+  mmsegmentation's ``CrossEntropyLoss`` with ``avg_non_ignore=False``, which the released code runs);
+- ``L^ce`` on p (``loss_static_ce``) and ``L_y^ce`` on p_y (``loss_oracle_ce``): their own loss
+  spec, a cross-entropy after a bilinear resize with ``MODEL.CAC.SIDE_LOSS_ALIGN_CORNERS`` (True)
+  and normalisation ``MODEL.CAC.SIDE_LOSS_NORMALIZATION`` ("valid": the mean over valid pixels,
+  ``nn.CrossEntropyLoss(ignore_index)``), with ``MODEL.LOSS.CLASS_WEIGHTS``;
+- ``L_KL`` (``loss_cac_kl``) on the feature grid, see :meth:`ContextAwareClassifier.distillation_loss`.
+
+The paper alone states one standard CE for the three terms: ``SIDE_LOSS_ALIGN_CORNERS`` equal to
+``MODEL.ALIGN_CORNERS`` and ``SIDE_LOSS_NORMALIZATION`` equal to ``MODEL.LOSS.CE_NORMALIZATION``.
 """
-from typing import Dict, Optional, Tuple
+from typing import Optional, Tuple
 
 import torch
 from detectron2.config import CfgNode as CN
@@ -27,6 +39,8 @@ from detectron2.config import configurable
 from torch import nn
 from torch.nn import functional as F
 
+from ..losses import CrossEntropyLoss, PixelLossSet
+from ..outputs import MAIN, Prediction, SegOutputs
 from ..registry import CLASSIFIER_REGISTRY
 
 EPS = 1e-12
@@ -73,6 +87,13 @@ def add_cac_config(cfg):
     # DistributedDataParallel sees no unused parameter); with both off it is not built.
     cfg.MODEL.CAC.STATIC_LOSS = True
     cfg.MODEL.CAC.ORACLE_LOSS = True
+    # The loss spec of the static and oracle predictions (L^ce, L_y^ce): a cross-entropy after a
+    # bilinear resize to the label size with SIDE_LOSS_ALIGN_CORNERS, normalised by
+    # SIDE_LOSS_NORMALIZATION ("valid" / "all", see MODEL.LOSS.CE_NORMALIZATION). Released code:
+    # True / "valid" (nn.CrossEntropyLoss(ignore_index) on align_corners=True logits); the main
+    # prediction p_p uses MODEL.DECODE_HEAD.LOSSES, MODEL.ALIGN_CORNERS, MODEL.LOSS.CE_NORMALIZATION.
+    cfg.MODEL.CAC.SIDE_LOSS_ALIGN_CORNERS = True
+    cfg.MODEL.CAC.SIDE_LOSS_NORMALIZATION = "valid"
     # How A_* is formed from the prototypes C_* and the classifier weight C (Table 5):
     # "concat_proj" theta([C_* || C]) (Eqs. 2, 5, default), "concat_proj_residual"
     # theta([C_* || C]) + C, "add_proj" theta(C_* + C), "add" C_* + C, "proto_proj" theta(C_*),
@@ -124,6 +145,7 @@ class ContextAwareClassifier(nn.Module):
         kl_entropy: str = "oracle",
         static_loss: bool = True,
         oracle_loss: bool = True,
+        side_loss: Optional[PixelLossSet] = None,
         fusion: str = "concat_proj",
         context_similarity: str = "cos",
         static_similarity: str = "dot",
@@ -153,6 +175,8 @@ class ContextAwareClassifier(nn.Module):
         self.kl_entropy = kl_entropy
         self.static_loss = static_loss
         self.oracle_loss = oracle_loss
+        # Loss spec of p and p_y (None: the meta-architecture's default, the main one's).
+        self.side_loss = side_loss
         self.fusion = fusion
         self.context_similarity = context_similarity
         self.static_similarity = static_similarity
@@ -190,6 +214,17 @@ class ContextAwareClassifier(nn.Module):
             "kl_entropy": c.KL_ENTROPY,
             "static_loss": c.STATIC_LOSS,
             "oracle_loss": c.ORACLE_LOSS,
+            "side_loss": PixelLossSet(
+                [
+                    CrossEntropyLoss(
+                        ignore_value=cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
+                        class_weights=list(cfg.MODEL.LOSS.CLASS_WEIGHTS),
+                        normalization=c.SIDE_LOSS_NORMALIZATION,
+                    )
+                ],
+                [1.0],
+                align_corners=c.SIDE_LOSS_ALIGN_CORNERS,
+            ),
             "fusion": c.FUSION,
             "context_similarity": c.CONTEXT_SIMILARITY,
             "static_similarity": c.STATIC_SIMILARITY,
@@ -332,24 +367,24 @@ class ContextAwareClassifier(nn.Module):
         return (per_class * present).sum() / present.sum().clamp(min=1)
 
     # ---------------------------------------------------------------------------------------------
-    def forward(self, x: torch.Tensor, targets: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
+    def forward(self, x: torch.Tensor, targets: Optional[torch.Tensor] = None) -> SegOutputs:
         """
         x = f: (N, d, h, w) pixel feature; targets: (N, H, W) long labels (training only).
-        Returns {"pred": p_p} at inference and, in training, {"pred": p_p, "pred_static": p,
-        "pred_oracle": p_y, "loss_cac_kl": lambda_KL * L_KL} (terms switched off by the config are
-        absent); with ``CONTEXT`` False, {"pred": p}.
+        Returns the main prediction p_p at inference and, in training, also the predictions
+        ``static`` (p) and ``oracle`` (p_y) with the side loss spec and ``loss_cac_kl`` =
+        lambda_KL * L_KL (terms switched off by the config are absent); with ``CONTEXT`` False,
+        the main prediction p.
         """
         p = self.static_logits(x)
         if not self.context:
-            return {"pred": p}
+            return SegOutputs(predictions={MAIN: Prediction(p)})
         C_p = self.estimated_prototypes(x, p)
         p_p = self.similarity_logits(x, self.context_classifier(self.theta_p, C_p))
+        out = SegOutputs(predictions={MAIN: Prediction(p_p)})
         if not self.training:
-            return {"pred": p_p}
-
-        out = {"pred": p_p}
+            return out
         if self.static_loss:
-            out["pred_static"] = p
+            out.predictions["static"] = Prediction(p, self.side_loss)
         if self.use_oracle:
             if targets is None:
                 raise ValueError("ContextAwareClassifier needs targets in training (oracle prototypes, Eq. 1)")
@@ -357,7 +392,7 @@ class ContextAwareClassifier(nn.Module):
             C_y, _ = self.oracle_prototypes(x, onehot)
             p_y = self.similarity_logits(x, self.context_classifier(self.theta_y, C_y))
             if self.oracle_loss:
-                out["pred_oracle"] = p_y
+                out.predictions["oracle"] = Prediction(p_y, self.side_loss)
             if self.kl_weight > 0:
-                out["loss_cac_kl"] = self.kl_weight * self.distillation_loss(p_p, p_y, onehot, p)
+                out.losses["loss_cac_kl"] = self.kl_weight * self.distillation_loss(p_p, p_y, onehot, p)
         return out

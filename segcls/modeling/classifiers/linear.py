@@ -1,17 +1,19 @@
 """The standard per-pixel classifier: dropout, then a 1x1 convolution with bias."""
-from typing import Dict, Optional
+from typing import Optional
 
 import torch
 from detectron2.config import configurable
 from torch import nn
 
+from ..outputs import MAIN, Prediction, SegOutputs
 from ..registry import CLASSIFIER_REGISTRY
 
 
 @CLASSIFIER_REGISTRY.register()
 class LinearClassifier(nn.Module):
     """
-    ``pred = conv1x1(dropout(x))``: (N, C, h, w) -> {"pred": (N, K, h, w)}.
+    ``logits = conv1x1(dropout(x))``: (N, C, h, w) -> :class:`SegOutputs` with the main prediction
+    (N, K, h, w) (scored with the owner's default loss spec).
     Weights ~ N(0, 0.01^2), bias 0 (mmsegmentation's ``conv_seg`` initialisation).
     """
 
@@ -31,5 +33,5 @@ class LinearClassifier(nn.Module):
             "dropout": cfg.MODEL.CLASSIFIER.DROPOUT if dropout is None else dropout,
         }
 
-    def forward(self, x: torch.Tensor, targets: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
-        return {"pred": self.conv(self.dropout(x))}
+    def forward(self, x: torch.Tensor, targets: Optional[torch.Tensor] = None) -> SegOutputs:
+        return SegOutputs(predictions={MAIN: Prediction(self.conv(self.dropout(x)))})

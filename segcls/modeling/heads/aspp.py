@@ -13,6 +13,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ...utils.config import get_config_node
+from ..outputs import SegOutputs
 from ..registry import DECODE_HEAD_REGISTRY
 from .blocks import ImagePooling, resize, separable_conv_norm_act
 from .tail import HeadTail, conv_norm_act
@@ -183,8 +184,8 @@ class ASPPHead(nn.Module):
     ``MERGE: concat_project`` this is torchvision's ``DeepLabHead`` (ASPP -> projection -> dropout
     -> 3x3 conv-BN-ReLU); ``LAST_CONV_KERNEL: 1`` gives the paper's ASPP -> 1x1 -> classifier.
 
-    Input ``features[IN_FEATURES[-1]]`` (N, C_in, h, w). Output ``{"pixel_feature": (N, CHANNELS,
-    h, w)}`` (+ ``"reg_feature"`` with ``REG_PROJECTION``).
+    Input ``features[IN_FEATURES[-1]]`` (N, C_in, h, w). Output: the pixel feature ``(N, CHANNELS,
+    h, w)`` (+ ``"reg_feature"`` with ``REG_PROJECTION``).
     """
 
     shared_kernel = False  # KSACHead sets True
@@ -211,7 +212,7 @@ class ASPPHead(nn.Module):
             "tail": HeadTail.from_node(node, aspp.out_channels, node.CHANNELS),
         }
 
-    def forward(self, features: Dict[str, torch.Tensor], targets=None) -> Dict[str, torch.Tensor]:
+    def forward(self, features: Dict[str, torch.Tensor], targets=None) -> SegOutputs:
         return self.tail(self.aspp(features[self.in_feature]))
 
 
@@ -239,7 +240,7 @@ class DeepLabV3PlusHead(nn.Module):
     (``ASPP.SEPARABLE`` makes the others depthwise-separable; the tail stays a plain conv so that
     CAR's change "A" and projection work as on every head).
 
-    Output ``{"pixel_feature": (N, CHANNELS, H/4, W/4)}`` at the low-level feature's stride.
+    Output: the pixel feature ``(N, CHANNELS, H/4, W/4)`` at the low-level feature's stride.
     """
 
     @configurable
@@ -302,7 +303,7 @@ class DeepLabV3PlusHead(nn.Module):
             "align_corners": cfg.MODEL.ALIGN_CORNERS,
         }
 
-    def forward(self, features: Dict[str, torch.Tensor], targets=None) -> Dict[str, torch.Tensor]:
+    def forward(self, features: Dict[str, torch.Tensor], targets=None) -> SegOutputs:
         low = self.low_project(features[self.low_feature])
         high = resize(self.aspp(features[self.high_feature]), low.shape[-2:], self.align_corners)
         return self.tail(self.convs(torch.cat([high, low], dim=1)))

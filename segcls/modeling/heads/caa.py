@@ -37,6 +37,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ...utils.config import get_config_node
+from ..outputs import SegOutputs
 from ..registry import DECODE_HEAD_REGISTRY
 from .blocks import ImagePooling
 from .tail import HeadTail, conv_norm_act
@@ -218,7 +219,7 @@ class CAAHead(nn.Module):
     authors' dropout). The authors' last block is a 1x1 conv: set ``LAST_CONV_KERNEL: 1`` (as
     ``configs/ade20k/caa_r50-d8_512x512_80k.yaml`` does); the node default 3 gives a 3x3 conv.
 
-    Output ``{"pixel_feature": (N, OUT_CHANNELS, h, w)}`` (+ ``"reg_feature"``).
+    Output: the pixel feature ``(N, OUT_CHANNELS, h, w)`` (+ ``"reg_feature"``).
     """
 
     @configurable
@@ -275,7 +276,7 @@ class CAAHead(nn.Module):
             "tail": HeadTail.from_node(node, tail_in, caa.OUT_CHANNELS or ch),
         }
 
-    def forward(self, features: Dict[str, torch.Tensor], targets=None) -> Dict[str, torch.Tensor]:
+    def forward(self, features: Dict[str, torch.Tensor], targets=None) -> SegOutputs:
         x = features[self.in_feature]
         out = self.post(self.attention(self.reduce(x)))
         if self.image_pool is not None:

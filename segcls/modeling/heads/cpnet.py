@@ -11,6 +11,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ...utils.config import get_config_node
+from ..outputs import SegOutputs
 from ..registry import DECODE_HEAD_REGISTRY
 from .tail import HeadTail, conv_norm_act
 
@@ -171,7 +172,7 @@ class CPHead(nn.Module):
             return x
         return F.interpolate(x, size=size, mode="bilinear", align_corners=self.align_corners)
 
-    def forward(self, features: Dict[str, torch.Tensor], targets=None) -> Dict[str, torch.Tensor]:
+    def forward(self, features: Dict[str, torch.Tensor], targets=None) -> SegOutputs:
         x = features[self.in_feature]
         aggregated = self.aggregation(x)
         n, c, h, w = aggregated.shape
@@ -187,5 +188,5 @@ class CPHead(nn.Module):
             labels = F.interpolate(targets.unsqueeze(1).float(), size=(side, side), mode="nearest")
             labels = labels.long().flatten(1)
             loss = affinity_loss(prior_logits, labels, self.ignore_value)
-            out["loss_cpnet_affinity"] = self.affinity_loss_weight * loss
+            out.losses["loss_cpnet_affinity"] = self.affinity_loss_weight * loss
         return out

@@ -8,9 +8,10 @@ from torch import nn
 
 from ...utils.config import get_config_node
 from ..classifiers import LinearClassifier
+from ..losses import PixelLossSet
+from ..outputs import Prediction, SegOutputs
 from ..registry import DECODE_HEAD_REGISTRY
 from .attention import ChannelAttention, PositionAttention
-from .branch_losses import BranchLosses
 from .tail import HeadTail, conv_norm_act
 
 
@@ -25,13 +26,14 @@ class DAHead(nn.Module):
     each tail a :class:`HeadTail` (C -> C; CAR's projection / change "A" apply to both). The
     classifier's input is their sum, ``"pixel_feature" = tail_pam + tail_cam`` (N, C, h, w).
 
-    Outputs besides ``"pixel_feature"``: ``"reg_feature_pam"`` / ``"reg_feature_cam"`` (N, C', h, w),
-    each branch's feature for a regularizer: the branch tail's regularization projection with
-    ``REG_PROJECTION``, else the branch feature entering the sum. ``"reg_feature"`` is not set (a
-    regularizer of the main prediction sees the summed ``"pixel_feature"``). In training, each branch
-    also has its own classifier (dropout ``MODEL.CLASSIFIER.DROPOUT`` + 1x1 conv) whose prediction
-    gets the head's pixel losses times ``DANET.BRANCH_LOSS_WEIGHT``: ``"loss_pam_<loss>"``,
-    ``"loss_cam_<loss>"`` (DANet and mmsegmentation supervise all three predictions with weight 1).
+    Regularizer features: ``"reg_feature_pam"`` / ``"reg_feature_cam"`` (N, C', h, w), each
+    branch's feature: the branch tail's regularization projection with ``REG_PROJECTION``, else the
+    branch feature entering the sum. ``"reg_feature"`` is not set (a regularizer of the main
+    prediction sees the summed pixel feature). In training, each branch also has its own
+    classifier (dropout ``MODEL.CLASSIFIER.DROPOUT`` + 1x1 conv) whose predictions ``"pam"`` and
+    ``"cam"`` carry the head's pixel losses times ``DANET.BRANCH_LOSS_WEIGHT`` as their loss spec:
+    ``"loss_pam_<loss>"``, ``"loss_cam_<loss>"`` (DANet and mmsegmentation supervise all three
+    predictions with weight 1).
     """
 
     @configurable
@@ -45,7 +47,7 @@ class DAHead(nn.Module):
         num_classes: int,
         tail_pam: HeadTail,
         tail_cam: HeadTail,
-        branch_losses: BranchLosses,
+        branch_loss: PixelLossSet,
         cam_energy: str = "official",
         norm: str = "BN",
         dropout: float = 0.1,
@@ -62,7 +64,7 @@ class DAHead(nn.Module):
         self.tail_cam = tail_cam
         self.classifier_pam = LinearClassifier(in_channels=channels, num_classes=num_classes, dropout=dropout)
         self.classifier_cam = LinearClassifier(in_channels=channels, num_classes=num_classes, dropout=dropout)
-        self.branch_losses = branch_losses
+        self.branch_loss = branch_loss
 
     @classmethod
     def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec], prefix="MODEL.DECODE_HEAD"):
@@ -76,22 +78,21 @@ class DAHead(nn.Module):
             "num_classes": cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
             "tail_pam": HeadTail.from_node(node, node.CHANNELS, node.CHANNELS),
             "tail_cam": HeadTail.from_node(node, node.CHANNELS, node.CHANNELS),
-            "branch_losses": BranchLosses.from_node(cfg, node, node.DANET.BRANCH_LOSS_WEIGHT),
+            "branch_loss": PixelLossSet.from_node(cfg, node, scale=node.DANET.BRANCH_LOSS_WEIGHT),
             "cam_energy": node.DANET.CAM_ENERGY,
             "norm": node.NORM,
             "dropout": cfg.MODEL.CLASSIFIER.DROPOUT,
         }
 
-    def forward(self, features: Dict[str, torch.Tensor], targets=None) -> Dict[str, torch.Tensor]:
+    def forward(self, features: Dict[str, torch.Tensor], targets=None) -> SegOutputs:
         x = features[self.in_feature]
         pam = self.tail_pam(self.pam(self.pam_in(x)))
         cam = self.tail_cam(self.cam(self.cam_in(x)))
-        out = {
-            "pixel_feature": pam["pixel_feature"] + cam["pixel_feature"],
-            "reg_feature_pam": pam.get("reg_feature", pam["pixel_feature"]),
-            "reg_feature_cam": cam.get("reg_feature", cam["pixel_feature"]),
-        }
+        out = SegOutputs(
+            pixel_feature=pam.pixel_feature + cam.pixel_feature,
+            reg_features={"reg_feature_pam": pam.reg_feature("reg_feature"), "reg_feature_cam": cam.reg_feature("reg_feature")},
+        )
         if self.training and targets is not None:
-            out.update(self.branch_losses("pam", self.classifier_pam(pam["pixel_feature"])["pred"], targets))
-            out.update(self.branch_losses("cam", self.classifier_cam(cam["pixel_feature"])["pred"], targets))
+            out.predictions["pam"] = Prediction(self.classifier_pam(pam.pixel_feature).logits, self.branch_loss)
+            out.predictions["cam"] = Prediction(self.classifier_cam(cam.pixel_feature).logits, self.branch_loss)
         return out

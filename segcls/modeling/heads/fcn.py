@@ -7,6 +7,7 @@ from detectron2.layers import ShapeSpec
 from torch import nn
 
 from ...utils.config import get_config_node
+from ..outputs import SegOutputs
 from ..registry import DECODE_HEAD_REGISTRY
 from .tail import HeadTail, conv_norm_act
 
@@ -18,7 +19,7 @@ class FCNHead(nn.Module):
     input is concatenated to the result and fused by one more conv (mmsegmentation's option).
     The last of these convs is the :class:`HeadTail` (CAR's projection / change "A" attach there).
 
-    Input ``features[in_feature]``: (N, C_in, h, w). Output ``{"pixel_feature": (N, channels, h, w)}``
+    Input ``features[in_feature]``: (N, C_in, h, w). Output: the pixel feature ``(N, channels, h, w)``
     (+ ``"reg_feature"`` with the regularization projection).
     """
 
@@ -70,7 +71,7 @@ class FCNHead(nn.Module):
             "concat_input": node.CONCAT_INPUT,
         }
 
-    def forward(self, features: Dict[str, torch.Tensor], targets=None) -> Dict[str, torch.Tensor]:
+    def forward(self, features: Dict[str, torch.Tensor], targets=None) -> SegOutputs:
         x = features[self.in_feature]
         out = self.convs(x)
         if self.concat_input:

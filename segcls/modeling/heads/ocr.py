@@ -13,9 +13,10 @@ from torch.nn import functional as F
 
 from ...utils.config import get_config_node
 from ..classifiers import LinearClassifier
+from ..losses import PixelLossSet
+from ..outputs import Prediction, SegOutputs
 from ..registry import DECODE_HEAD_REGISTRY
 from .attention import attend
-from .branch_losses import BranchLosses
 from .tail import HeadTail, conv_norm_act
 
 
@@ -74,10 +75,10 @@ class OCRHead(nn.Module):
       (2C -> C). The paper's g is a 1x1 conv: set ``LAST_CONV_KERNEL: 1`` for the original (the
       Pascal Context yaml does), which makes CAR's change "A" a no-op for OCR.
 
-    Output ``{"pixel_feature": z (N, C, h, w)}`` (+ ``"reg_feature"`` with the projection). In
-    training, the coarse prediction gets the head's pixel losses times ``OCR.COARSE_LOSS_WEIGHT``
-    (0.4, the OCR paper's weight of the coarse-prediction loss), computed here
-    (:class:`BranchLosses`): ``"loss_ocr_coarse_<loss>"``.
+    Output: pixel feature z (N, C, h, w) (+ ``"reg_feature"`` with the projection). In training,
+    the coarse prediction ``"ocr_coarse"`` carries the head's pixel losses times
+    ``OCR.COARSE_LOSS_WEIGHT`` (0.4, the OCR paper's weight of the coarse-prediction loss) as its
+    loss spec: ``"loss_ocr_coarse_<loss>"``.
     """
 
     @configurable
@@ -92,7 +93,7 @@ class OCRHead(nn.Module):
         channels: int,
         num_classes: int,
         tail: HeadTail,
-        coarse_losses: BranchLosses,
+        coarse_loss: PixelLossSet,
         key_channels: int = 256,
         coarse_channels: int = 512,
         norm: str = "BN",
@@ -110,7 +111,7 @@ class OCRHead(nn.Module):
         self.conv_in = conv_norm_act(in_channels, channels, 3, norm)
         self.object_context = ObjectContext(channels, key_channels, norm)
         self.tail = tail
-        self.coarse_losses = coarse_losses
+        self.coarse_loss = coarse_loss
 
     @classmethod
     def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec], prefix="MODEL.DECODE_HEAD"):
@@ -125,7 +126,7 @@ class OCRHead(nn.Module):
             "channels": node.CHANNELS,
             "num_classes": cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
             "tail": HeadTail.from_node(node, 2 * node.CHANNELS, node.CHANNELS),
-            "coarse_losses": BranchLosses.from_node(cfg, node, node.OCR.COARSE_LOSS_WEIGHT),
+            "coarse_loss": PixelLossSet.from_node(cfg, node, scale=node.OCR.COARSE_LOSS_WEIGHT),
             "key_channels": node.OCR.KEY_CHANNELS,
             "coarse_channels": node.OCR.COARSE_CHANNELS,
             "norm": node.NORM,
@@ -133,8 +134,8 @@ class OCRHead(nn.Module):
             "align_corners": cfg.MODEL.ALIGN_CORNERS,
         }
 
-    def forward(self, features: Dict[str, torch.Tensor], targets=None) -> Dict[str, torch.Tensor]:
-        coarse = self.coarse_classifier(self.coarse_conv(features[self.coarse_feature]))["pred"]
+    def forward(self, features: Dict[str, torch.Tensor], targets=None) -> SegOutputs:
+        coarse = self.coarse_classifier(self.coarse_conv(features[self.coarse_feature])).logits
         x = self.conv_in(features[self.in_feature])
         regions_logits = coarse
         if coarse.shape[-2:] != x.shape[-2:]:
@@ -142,5 +143,5 @@ class OCRHead(nn.Module):
         y = self.object_context(x, object_region_representations(x, regions_logits))
         out = self.tail(torch.cat([y, x], dim=1))
         if self.training and targets is not None:
-            out.update(self.coarse_losses("ocr_coarse", coarse, targets))
+            out.predictions["ocr_coarse"] = Prediction(coarse, self.coarse_loss)
         return out

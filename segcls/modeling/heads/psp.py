@@ -11,6 +11,7 @@ from detectron2.layers import ShapeSpec
 from torch import nn
 
 from ...utils.config import get_config_node
+from ..outputs import SegOutputs
 from ..registry import DECODE_HEAD_REGISTRY
 from .blocks import PyramidPooling, resize
 from .tail import HeadTail, conv_norm_act
@@ -61,7 +62,7 @@ class PSPHead(nn.Module):
             "tail": HeadTail.from_node(node, ppm.out_channels, node.CHANNELS),
         }
 
-    def forward(self, features: Dict[str, torch.Tensor], targets=None) -> Dict[str, torch.Tensor]:
+    def forward(self, features: Dict[str, torch.Tensor], targets=None) -> SegOutputs:
         return self.tail(self.ppm(features[self.in_feature]))
 
 
@@ -78,7 +79,7 @@ class UPerHead(nn.Module):
     - all L levels upsampled to the first level's size and concatenated, then the
       :class:`HeadTail` (3x3 conv-norm-ReLU from L * CHANNELS to CHANNELS, the "fusion" conv).
 
-    Output ``{"pixel_feature": (N, CHANNELS, h_0, w_0)}`` at the first feature's stride.
+    Output: the pixel feature ``(N, CHANNELS, h_0, w_0)`` at the first feature's stride.
     """
 
     @configurable
@@ -128,7 +129,7 @@ class UPerHead(nn.Module):
             "align_corners": cfg.MODEL.ALIGN_CORNERS,
         }
 
-    def forward(self, features: Dict[str, torch.Tensor], targets=None) -> Dict[str, torch.Tensor]:
+    def forward(self, features: Dict[str, torch.Tensor], targets=None) -> SegOutputs:
         levels = [lateral(features[n]) for lateral, n in zip(self.laterals, self.in_features)]
         levels.append(self.ppm_bottleneck(self.ppm(features[self.in_features[-1]])))
         for i in range(len(levels) - 1, 0, -1):

@@ -10,6 +10,7 @@ from detectron2.layers import ShapeSpec
 from torch import nn
 
 from ...utils.config import get_config_node
+from ..outputs import SegOutputs
 from ..registry import DECODE_HEAD_REGISTRY
 from .attention import CrissCrossAttention, NonLocal2d
 from .tail import HeadTail, conv_norm_act
@@ -22,7 +23,7 @@ class AttentionFCNHead(nn.Module):
     FCN-based NLHead/CCHead and the released CCNet), ``conv_out`` (k x k conv-norm-ReLU) ->
     concatenation with the head input -> :class:`HeadTail` (C_in + C -> C).
 
-    Input ``features[in_feature]``: (N, C_in, h, w). Output ``{"pixel_feature": (N, C, h, w)}``
+    Input ``features[in_feature]``: (N, C_in, h, w). Output: the pixel feature ``(N, C, h, w)``
     (+ ``"reg_feature"`` with the regularization projection). Subclasses define
     :meth:`build_block` from the config node.
     """
@@ -72,7 +73,7 @@ class AttentionFCNHead(nn.Module):
             "concat_input": node.CONCAT_INPUT,
         }
 
-    def forward(self, features: Dict[str, torch.Tensor], targets=None) -> Dict[str, torch.Tensor]:
+    def forward(self, features: Dict[str, torch.Tensor], targets=None) -> SegOutputs:
         x = features[self.in_feature]
         out = self.block(self.conv_in(x))
         if self.conv_out is not None:

@@ -9,16 +9,17 @@ The last block of every decode head, where class-level plug-ins attach.
   the authors' released heads);
 - the head's last conv -> norm -> ReLU with ``LAST_CONV_KERNEL`` x ``LAST_CONV_KERNEL`` kernels:
   3 is the usual 3x3 conv; 1 is CAR's architecture change "A" (CAR Sec. 4.2.1, Fig. 3B);
-- output ``"pixel_feature"`` (N, channels, h, w), the classifier's input. Without the projection
-  ``"reg_feature"`` is not set and regularizers use ``"pixel_feature"``.
+- output: a :class:`~segcls.modeling.outputs.SegOutputs` whose ``pixel_feature`` (N, channels,
+  h, w) is the classifier's input. Without the projection ``reg_features`` is empty and
+  regularizers use the pixel feature.
 """
-from typing import Dict
-
 import torch
 from detectron2.layers import Conv2d, get_norm
 from fvcore.nn import weight_init
 from torch import nn
 from torch.nn import functional as F
+
+from ..outputs import SegOutputs
 
 
 def conv_norm_act(in_channels, out_channels, kernel_size, norm="BN", dilation=1, act=True, groups=1):
@@ -65,9 +66,9 @@ class HeadTail(nn.Module):
             reg_channels=node.REG_PROJECTION_CHANNELS,
         )
 
-    def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
-        out = {}
+    def forward(self, x: torch.Tensor) -> SegOutputs:
+        out = SegOutputs()
         if self.projection is not None:
-            x = out["reg_feature"] = self.projection(x)
-        out["pixel_feature"] = self.conv(x)
+            x = out.reg_features["reg_feature"] = self.projection(x)
+        out.pixel_feature = self.conv(x)
         return out

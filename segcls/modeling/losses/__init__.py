@@ -3,3 +3,4 @@ from .dice import DiceLoss
 from .focal import FocalLoss
 from .lovasz import LovaszSoftmaxLoss
 from .ohem import OhemCrossEntropyLoss, OhemTopKCrossEntropyLoss
+from .loss_set import PixelLossSet, SegmentationLoss, loss_key

@@ -8,6 +8,12 @@ def add_pixel_loss_config(cfg):
     with the config's core keys) weights CrossEntropyLoss, both OHEM losses and FocalLoss.
     """
     loss = cfg.MODEL.LOSS
+    # Normalisation of CrossEntropyLoss and the losses built on it (both OHEM losses, FocalLoss):
+    # "valid" = sum over the valid pixels / their (class-weighted) number (PyTorch's mean);
+    # "all" = sum / the number of all label pixels, ignored ones included (mmsegmentation's
+    # CrossEntropyLoss with avg_non_ignore=False, its default): configs that follow an
+    # mmsegmentation recipe set "all".
+    loss.CE_NORMALIZATION = "valid"
     # OhemTopKCrossEntropyLoss (detectron2 DeepLab project's DeepLabCE): fraction of the valid
     # pixels, those with the largest cross-entropy, that the loss averages (1.0 = plain CE; 0.2
     # in detectron2's Panoptic-DeepLab configs).

@@ -22,8 +22,8 @@ class FocalLoss(CrossEntropyLoss):
     name = "focal"
 
     @configurable
-    def __init__(self, *, ignore_value: int = 255, class_weights=None, gamma: float = 2.0):
-        super().__init__(ignore_value=ignore_value, class_weights=class_weights)
+    def __init__(self, *, ignore_value: int = 255, class_weights=None, normalization: str = "valid", gamma: float = 2.0):
+        super().__init__(ignore_value=ignore_value, class_weights=class_weights, normalization=normalization)
         if gamma < 0:
             raise ValueError(f"MODEL.LOSS.FOCAL_GAMMA={gamma}: must be >= 0")
         self.gamma = gamma

@@ -27,8 +27,8 @@ class OhemTopKCrossEntropyLoss(CrossEntropyLoss):
     name = "ohem_topk"
 
     @configurable
-    def __init__(self, *, ignore_value: int = 255, class_weights=None, top_k_percent: float = 0.2):
-        super().__init__(ignore_value=ignore_value, class_weights=class_weights)
+    def __init__(self, *, ignore_value: int = 255, class_weights=None, normalization: str = "valid", top_k_percent: float = 0.2):
+        super().__init__(ignore_value=ignore_value, class_weights=class_weights, normalization=normalization)
         if not 0.0 < top_k_percent <= 1.0:
             raise ValueError(f"MODEL.LOSS.TOP_K_PERCENT={top_k_percent}: must be in (0, 1]")
         self.top_k_percent = top_k_percent
@@ -70,8 +70,8 @@ class OhemCrossEntropyLoss(CrossEntropyLoss):
     name = "ohem"
 
     @configurable
-    def __init__(self, *, ignore_value: int = 255, class_weights=None, thresh: float = 0.7, min_kept: int = 100000):
-        super().__init__(ignore_value=ignore_value, class_weights=class_weights)
+    def __init__(self, *, ignore_value: int = 255, class_weights=None, normalization: str = "valid", thresh: float = 0.7, min_kept: int = 100000):
+        super().__init__(ignore_value=ignore_value, class_weights=class_weights, normalization=normalization)
         if not 0.0 < thresh <= 1.0:
             raise ValueError(f"MODEL.LOSS.OHEM_THRESH={thresh}: must be in (0, 1]")
         if min_kept < 0:

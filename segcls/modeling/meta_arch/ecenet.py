@@ -14,18 +14,22 @@ from torch import nn
 
 from ..ecenet.criterion import ECENetCriterion
 from ..ecenet.decoder import ECENetDecoder
-from ..registry import build_pixel_losses
-from .utils import InferenceOptions, SemSegIOMixin
+from ..losses import PixelLossSet, SegmentationLoss
+from ..outputs import MAIN, Prediction, SegOutputs
+from .inference import InferenceOptions, SemSegInference
+from .preprocess import SemSegPreprocessor
 
 
 @META_ARCH_REGISTRY.register()
-class ECENet(SemSegIOMixin, nn.Module):
+class ECENet(nn.Module):
     """
-    Same input/output contract as :class:`~segcls.modeling.meta_arch.per_pixel.PerPixelSegmentor`
-    (:class:`~segcls.modeling.meta_arch.utils.SemSegIOMixin`): ``list[dict]`` with ``"image"``,
-    ``"sem_seg"`` (training), optional ``"height"``/``"width"``; training returns the criterion's
-    losses plus ``loss_<pixel loss>`` (default ``loss_ce``) on ``"pred"``; inference returns
-    ``[{"sem_seg": (N, height, width)}]``.
+    Same input/output contract as :class:`~segcls.modeling.meta_arch.per_pixel.PerPixelSegmentor`,
+    with the same pre-processing (:class:`SemSegPreprocessor`), inference modes
+    (:class:`SemSegInference`) and loss path (:class:`~segcls.modeling.losses.SegmentationLoss`):
+    ``list[dict]`` with ``"image"``, ``"sem_seg"`` (training), optional ``"height"``/``"width"``;
+    training returns the criterion's losses (ready-made terms) plus ``loss_<pixel loss>``
+    (default ``loss_ce``) of the fused prediction, scored with ``MODEL.ECENET.LOSS.PIXEL_LOSSES``;
+    inference returns ``[{"sem_seg": (N, height, width)}]``.
 
     Images are padded to a multiple of the coarsest input stride (so that every pixel-shuffled
     stage matches the finest one); ``size_divisibility`` < 0 picks it (combined with the
@@ -39,8 +43,7 @@ class ECENet(SemSegIOMixin, nn.Module):
         backbone: nn.Module,
         decoder: ECENetDecoder,
         criterion: nn.Module,
-        pixel_losses: Sequence[nn.Module],
-        pixel_loss_weights: Sequence[float],
+        pixel_loss: PixelLossSet,
         pixel_mean: Sequence[float],
         pixel_std: Sequence[float],
         ignore_value: int = 255,
@@ -49,11 +52,6 @@ class ECENet(SemSegIOMixin, nn.Module):
         inference: InferenceOptions = InferenceOptions(),
     ):
         super().__init__()
-        if len(pixel_losses) != len(pixel_loss_weights):
-            raise ValueError(
-                "MODEL.ECENET.LOSS.PIXEL_LOSSES and MODEL.ECENET.LOSS.PIXEL_LOSS_WEIGHTS differ in length "
-                f"({len(pixel_losses)} vs {len(pixel_loss_weights)})"
-            )
         shapes = backbone.output_shape()
         coarsest = max(shapes[f].stride for f in decoder.in_features)
         if size_divisibility < 0:
@@ -66,16 +64,11 @@ class ECENet(SemSegIOMixin, nn.Module):
         self.backbone = backbone
         self.decoder = decoder
         self.criterion = criterion
-        self.losses = nn.ModuleList(pixel_losses)
-        self.loss_weights = list(pixel_loss_weights)
-        self.init_io(
-            pixel_mean=pixel_mean,
-            pixel_std=pixel_std,
-            ignore_value=ignore_value,
-            size_divisibility=size_divisibility,
-            align_corners=align_corners,
-            inference=inference,
+        self.pixel_loss = SegmentationLoss(pixel_loss)
+        self.preprocessor = SemSegPreprocessor(
+            pixel_mean=pixel_mean, pixel_std=pixel_std, ignore_value=ignore_value, size_divisibility=size_divisibility
         )
+        self.inferencer = SemSegInference(inference, size_divisibility=size_divisibility, align_corners=align_corners)
 
     @classmethod
     def from_config(cls, cfg):
@@ -91,8 +84,7 @@ class ECENet(SemSegIOMixin, nn.Module):
             "backbone": backbone,
             "decoder": ECENetDecoder(cfg, backbone.output_shape()),
             "criterion": ECENetCriterion(cfg),
-            "pixel_losses": build_pixel_losses(cfg, e.LOSS.PIXEL_LOSSES, ignore_value),
-            "pixel_loss_weights": e.LOSS.PIXEL_LOSS_WEIGHTS,
+            "pixel_loss": _pixel_loss_set(cfg),
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
             "ignore_value": ignore_value,
@@ -101,14 +93,29 @@ class ECENet(SemSegIOMixin, nn.Module):
             "inference": InferenceOptions.from_config(cfg),
         }
 
-    def inference_logits(self, images: torch.Tensor) -> torch.Tensor:
+    @property
+    def device(self) -> torch.device:
+        return self.preprocessor.device
+
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        """Normalised, padded (B, 3, H, W) images -> (B, N, H/4, W/4) logits of the fused prediction."""
         return self.decoder(self.backbone(images))["pred"]
 
     def forward(self, batched_inputs: List[dict]):
         if not self.training:
-            return self.inference(batched_inputs)
-        images, targets = self.preprocess(batched_inputs)
+            images = [self.preprocessor.normalize(x["image"]) for x in batched_inputs]
+            return self.inferencer(self.logits, images, batched_inputs)
+        images, targets = self.preprocessor(batched_inputs, require_targets=True)
         outputs = self.decoder(self.backbone(images.tensor))
-        losses = self.criterion(outputs, targets)
-        losses.update(self.pixel_losses(outputs["pred"], targets, self.losses, self.loss_weights, "loss_"))
-        return losses
+        scored = SegOutputs(predictions={MAIN: Prediction(outputs["pred"])}, losses=self.criterion(outputs, targets))
+        return self.pixel_loss(scored, targets)
+
+
+def _pixel_loss_set(cfg) -> PixelLossSet:
+    e = cfg.MODEL.ECENET.LOSS
+    if len(e.PIXEL_LOSSES) != len(e.PIXEL_LOSS_WEIGHTS):
+        raise ValueError(
+            "MODEL.ECENET.LOSS.PIXEL_LOSSES and MODEL.ECENET.LOSS.PIXEL_LOSS_WEIGHTS differ in length "
+            f"({len(e.PIXEL_LOSSES)} vs {len(e.PIXEL_LOSS_WEIGHTS)})"
+        )
+    return PixelLossSet.from_names(cfg, e.PIXEL_LOSSES, e.PIXEL_LOSS_WEIGHTS)

@@ -29,6 +29,7 @@ from detectron2.config import configurable
 from torch import nn
 from torch.nn import functional as F
 
+from ..outputs import SegOutputs
 from ..registry import REGULARIZER_REGISTRY
 
 # Floor of L_intra-c2p (released implementation).
@@ -328,28 +329,22 @@ class CARRegularizer(nn.Module):
                 self._buffers[name] = torch.empty_like(loaded, device=buffer.device)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def forward(self, head_outputs: Dict[str, torch.Tensor], targets: torch.Tensor) -> Dict[str, torch.Tensor]:
-        """head_outputs: dict with the ``feature_keys`` features (N, C, h, w); targets (N, H, W) long
-        labels. Returns the weighted CAR losses (scalars)."""
+    def forward(self, outputs: SegOutputs, targets: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """outputs: the head's :class:`~segcls.modeling.outputs.SegOutputs`, whose regularizer
+        features ``feature_keys`` (N, C, h, w) are used ("reg_feature" falls back to the pixel
+        feature); targets (N, H, W) long labels. Returns the weighted CAR losses (scalars)."""
         losses = {}
         for index, key in enumerate(self.feature_keys):
             suffix = ""
             if len(self.feature_keys) > 1:
                 suffix = "_" + (key[len("reg_feature_") :] if key.startswith("reg_feature_") else key)
-            for name, value in self.losses(self.feature(head_outputs, key), targets, index).items():
+            try:
+                x = outputs.reg_feature(key)
+            except KeyError as e:
+                raise KeyError(f"MODEL.CAR.FEATURE_KEYS: {e.args[0]}") from None
+            for name, value in self.losses(x, targets, index).items():
                 losses[name + suffix] = value
         return losses
-
-    def feature(self, head_outputs: Dict[str, torch.Tensor], key: str) -> torch.Tensor:
-        """The head output ``key`` ("reg_feature" falls back to "pixel_feature")."""
-        if key in head_outputs:
-            return head_outputs[key]
-        if key == "reg_feature" and "pixel_feature" in head_outputs:
-            return head_outputs["pixel_feature"]
-        raise KeyError(
-            f"MODEL.CAR.FEATURE_KEYS: the head returned no {key!r} (it returned {sorted(head_outputs)}); "
-            f"'reg_feature' needs MODEL.DECODE_HEAD.REG_PROJECTION: True"
-        )
 
     def losses(self, x: torch.Tensor, targets: torch.Tensor, index: int = 0) -> Dict[str, torch.Tensor]:
         """The CAR losses of one feature x (N, C, h, w) with labels (N, H, W); ``index`` selects
