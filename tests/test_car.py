@@ -312,6 +312,134 @@ def test_feature_gradients_follow_the_stop_gradients(per_image):
 
 
 # -------------------------------------------------------------------------------------------------
+# INTRA_REMOVE_MAX (the released implementation's intra_class_loss_remove_max)
+# -------------------------------------------------------------------------------------------------
+def ref_intra_remove_max(x, labels, K, per_image=False, pooling_rate=1, frozen=None):
+    """L_intra-c2p with the largest D of each (image, channel) dropped: D[n][p][c] = valid *
+    |center - x| one element at a time, each (n, c) list of the P values literally sorted, the last
+    (largest) dropped, the mean over N * C * (P - 1) (ignored pixels' zeros included), squared,
+    floored. ``frozen`` as in :func:`reference_losses`."""
+    if pooling_rate > 1:
+        x = ref_pool(x, pooling_rate)
+        frozen = None if frozen is None else ref_pool(frozen, pooling_rate)
+    frozen = x.detach() if frozen is None else frozen
+    N, C, h, w = x.shape
+    lab = ref_resize(labels, h, w)
+    mu = ref_centers(frozen, lab, K, per_image)
+    g = (lambda n: n) if per_image else (lambda n: 0)
+    total = 0.0
+    for n in range(N):
+        for c in range(C):
+            column = []
+            for i in range(h):
+                for j in range(w):
+                    y = lab[n][i][j]
+                    column.append(abs(mu[g(n)][y][c] - x[n, c, i, j]) if y != IGNORE else x.new_zeros(()))
+            column = sorted(column, key=lambda v: float(v.detach()))
+            for value in column[:-1]:
+                total = total + value
+    return torch.clamp((total / (N * C * (h * w - 1))) ** 2, min=1e-5)
+
+
+def _flat_onehot(x, labels, K):
+    N, C, h, w = x.shape
+    lab = resize_labels(labels, (h, w)).flatten(1)
+    onehot = F.one_hot(lab.clamp(max=K - 1), K).to(x.dtype) * (lab != IGNORE)[..., None]
+    return x.flatten(2).transpose(1, 2).contiguous(), onehot
+
+
+REMOVE_MAX_CASES = {
+    "batch": dict(),
+    "image": dict(centers="image"),
+    "pooled": dict(pooling_rate=2),
+    "image_all_ignored": dict(all_ignored=True),  # image 1 fully ignored: its (n, c) max is a 0
+}
+
+
+@pytest.mark.parametrize("case", sorted(REMOVE_MAX_CASES))
+def test_intra_remove_max_matches_sorting_loop_reference(case):
+    kwargs = dict(REMOVE_MAX_CASES[case])
+    x, labels = make_inputs(seed=21)  # ~20% ignored pixels, classes 3 and 5 absent
+    if kwargs.pop("all_ignored", False):
+        labels[1] = IGNORE
+    got = car(intra_remove_max=True, **kwargs)(dict(reg_feature=x), labels)
+    want = ref_intra_remove_max(
+        x, labels, 6, per_image=kwargs.get("centers") == "image", pooling_rate=kwargs.get("pooling_rate", 1)
+    )
+    assert_close(got["loss_car_intra_c2p"], want, rtol=1e-10, atol=1e-12)
+    # The option changes the value (so the test can fail), and only the intra-c2p term.
+    off = car(**kwargs)(dict(reg_feature=x), labels)
+    assert not torch.allclose(got["loss_car_intra_c2p"], off["loss_car_intra_c2p"], rtol=1e-3)
+    for name in ("loss_car_inter_c2c", "loss_car_inter_c2p"):
+        assert torch.equal(got[name], off[name]), name
+
+
+@pytest.mark.parametrize("per_image", [False, True])
+def test_intra_remove_max_gradients(per_image):
+    # Function level, constant centers: gradcheck (float64) with the option on.
+    x, labels = make_inputs(seed=22, N=2, h=3, w=3, H=5, W=5, K=4, present=(0, 1, 2))
+    feats, onehot = _flat_onehot(x, labels, 4)
+    centers, _ = class_centers(feats, onehot, per_image)
+    feats.requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda f: intra_c2p_loss(f, onehot, centers, remove_max=True), (feats,))
+    # Module level: d/dx == the gradient of the sorting reference with constant centers; one
+    # element per (n, c) (the dropped maximum) gets exactly no gradient.
+    x0, labels = make_inputs(seed=23, N=2, C=2, h=3, w=3, H=7, W=5, K=4, present=(0, 1, 3))
+    centers = "image" if per_image else "batch"
+    x = x0.clone().requires_grad_(True)
+    got = torch.autograd.grad(car(K=4, centers=centers, intra_remove_max=True)(dict(reg_feature=x), labels)
+                              ["loss_car_intra_c2p"], x)[0]  # fmt: skip
+    x = x0.clone().requires_grad_(True)
+    want = torch.autograd.grad(ref_intra_remove_max(x, labels, 4, per_image=per_image, frozen=x0.clone()), x)[0]
+    assert_close(got, want, rtol=1e-8, atol=1e-12)
+    assert got.abs().sum() > 0
+    feats, onehot = _flat_onehot(x0, labels, 4)
+    mu, _ = class_centers(feats, onehot, per_image)
+    distance = onehot.sum(-1, keepdim=True) * (onehot @ mu - feats).abs()  # D (N, P, C)
+    grad = got.flatten(2).transpose(1, 2)
+    largest = distance.argmax(1, keepdim=True)
+    assert torch.equal(grad.gather(1, largest), torch.zeros_like(largest, dtype=grad.dtype))
+    others = (distance > 0).scatter(1, largest, False)
+    assert (grad[others] != 0).all() and others.sum() > 0
+
+
+def test_intra_remove_max_off_is_todays_value():
+    """Off (the default) is bitwise the existing L_intra-c2p: the same formula as before the option."""
+    for dtype in (torch.float64, torch.float32):
+        x, labels = make_inputs(seed=24)
+        x = x.to(dtype)
+        feats, onehot = _flat_onehot(x, labels, 6)
+        centers, _ = class_centers(feats, onehot)
+        valid = onehot.sum(-1, keepdim=True)
+        before = (valid * (onehot @ centers - feats).abs()).mean().square().clamp(min=1e-5)
+        assert torch.equal(intra_c2p_loss(feats, onehot, centers), before)
+        assert torch.equal(intra_c2p_loss(feats, onehot, centers, remove_max=False), before)
+        default = car()(dict(reg_feature=x), labels)
+        explicit = car(intra_remove_max=False)(dict(reg_feature=x), labels)
+        assert torch.equal(default["loss_car_intra_c2p"], before)
+        for name in LOSS_NAMES:
+            assert torch.equal(default[name], explicit[name]), name
+    # The floor still applies with the option on; a 1-pixel feature has no (P - 1) mean.
+    constant = torch.ones(2, 3, 5, 4, dtype=torch.float64)
+    out = car(intra_remove_max=True)(dict(reg_feature=constant), labels)
+    assert_close(out["loss_car_intra_c2p"], 1e-5, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="MODEL.CAR.INTRA_REMOVE_MAX"):
+        intra_c2p_loss(feats[:, :1], onehot[:, :1], centers, remove_max=True)
+
+
+def test_intra_remove_max_config_reaches_the_module():
+    cfg = load_config("", TINY_MODEL)
+    assert cfg.MODEL.CAR.INTRA_REMOVE_MAX is False
+    regs = ["MODEL.REGULARIZERS.NAMES", '["CARRegularizer"]']
+    default = build_tiny(regs).regularizers[0]
+    on = build_tiny(regs + ["MODEL.CAR.INTRA_REMOVE_MAX", "True"]).regularizers[0]
+    assert default.intra_remove_max is False and on.intra_remove_max is True
+    assert "intra_remove_max=True" in on.extra_repr() and "intra_remove_max=False" in default.extra_repr()
+    x, labels = make_inputs(seed=25, K=5, present=(0, 1, 2, 4))
+    assert_close(on(dict(reg_feature=x), labels)["loss_car_intra_c2p"], ref_intra_remove_max(x, labels, 5))
+
+
+# -------------------------------------------------------------------------------------------------
 # Options: moving average, feature keys, errors
 # -------------------------------------------------------------------------------------------------
 def test_moving_average_centers_and_checkpoint():

@@ -53,6 +53,10 @@ def add_car_config(cfg):
     # Total = INTER_WEIGHT * (L_c2c + L_c2p) + INTRA_WEIGHT * L_intra (both 1 in the paper).
     cfg.MODEL.CAR.INTRA_WEIGHT = 1.0
     cfg.MODEL.CAR.INTER_WEIGHT = 1.0
+    # Released implementation's ``intra_class_loss_remove_max``: L_intra-c2p drops the largest
+    # element of D over the pixels of each (image, channel) before the mean (over N * C * (P - 1)).
+    # Default False, as released (and as in the paper).
+    cfg.MODEL.CAR.INTRA_REMOVE_MAX = False
     # Margins: similarities above eps / (N_class - 1) are penalized. eps0 (Eq. 6) = 0.5; Table 2's
     # "§" runs use 0.25. eps1 (Eq. 13) = 0.25.
     cfg.MODEL.CAR.INTER_C2C_EPS = 0.5
@@ -152,17 +156,33 @@ def class_centers(x: torch.Tensor, onehot: torch.Tensor, per_image: bool = False
 # -------------------------------------------------------------------------------------------------
 # The three losses. x: (N, P, C); onehot: (N, P, K); centers: (B, K, C), B in {1, N}.
 # -------------------------------------------------------------------------------------------------
-def intra_c2p_loss(x: torch.Tensor, onehot: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
+def intra_c2p_loss(
+    x: torch.Tensor, onehot: torch.Tensor, centers: torch.Tensor, remove_max: bool = False
+) -> torch.Tensor:
     """
     Eqs. 2-3: ``D = (1 - sigma) |Y_flat mu - X_flat|``, ``L = f_mse(D)``.
 
     Released-implementation rules: the centers are detached (constants); ``f_mse`` is the
     **square of the mean** of D over all N * P * C elements, ignored pixels contributing 0 but
     staying in the denominator; the result is floored at 1e-5 (``max(mean(D)^2, 1e-5)``).
+
+    ``remove_max`` (``MODEL.CAR.INTRA_REMOVE_MAX``): the released implementation's option
+    ``intra_class_loss_remove_max`` (off by default there and here). D is sorted along the pixels
+    of each (image n, channel c), the largest value dropped, and the mean taken over the remaining
+    N * C * (P - 1) elements (ignored pixels' zeros stay in), then squared and floored as above.
+    Computed without sorting, as the sum minus the per-(n, c) maximum: the same sum, whatever the
+    ties; ``max(dim)`` routes the gradient to a single index, so exactly one element of each
+    (n, c) gets no gradient, as when one sorted element is dropped.
     """
     valid = onehot.sum(-1, keepdim=True)  # 1 - sigma: (N, P, 1)
     distance = valid * (onehot @ centers.detach() - x).abs()
-    return distance.mean().square().clamp(min=INTRA_C2P_FLOOR)
+    if not remove_max:
+        return distance.mean().square().clamp(min=INTRA_C2P_FLOOR)
+    n, p, c = distance.shape
+    if p < 2:
+        raise ValueError(f"MODEL.CAR.INTRA_REMOVE_MAX needs at least 2 pixels in the regularized feature, got {p}")
+    kept = distance.sum() - distance.max(dim=1).values.sum()
+    return (kept / (n * c * (p - 1))).square().clamp(min=INTRA_C2P_FLOOR)
 
 
 def _thresholded_other_sum(similarity: torch.Tensor, other: torch.Tensor, eps: float) -> torch.Tensor:
@@ -238,6 +258,7 @@ class CARRegularizer(nn.Module):
         inter_c2p: bool = True,
         intra_weight: float = 1.0,
         inter_weight: float = 1.0,
+        intra_remove_max: bool = False,
         inter_c2c_eps: float = 0.5,
         inter_c2p_eps: float = 0.25,
         centers: str = "batch",
@@ -281,6 +302,7 @@ class CARRegularizer(nn.Module):
         self.inter_c2p = inter_c2p
         self.intra_weight = intra_weight
         self.inter_weight = inter_weight
+        self.intra_remove_max = bool(intra_remove_max)
         self.inter_c2c_eps = inter_c2c_eps
         self.inter_c2p_eps = inter_c2p_eps
         self.per_image = centers == "image"
@@ -303,6 +325,7 @@ class CARRegularizer(nn.Module):
             "inter_c2p": c.INTER_C2P,
             "intra_weight": c.INTRA_WEIGHT,
             "inter_weight": c.INTER_WEIGHT,
+            "intra_remove_max": c.INTRA_REMOVE_MAX,
             "inter_c2c_eps": c.INTER_C2C_EPS,
             "inter_c2p_eps": c.INTER_C2P_EPS,
             "centers": c.CENTERS,
@@ -316,7 +339,8 @@ class CARRegularizer(nn.Module):
                                   ("inter_c2p", self.inter_c2p)) if on]
         return (
             f"num_classes={self.num_classes}, losses={losses}, intra_weight={self.intra_weight}, "
-            f"inter_weight={self.inter_weight}, eps0={self.inter_c2c_eps}, eps1={self.inter_c2p_eps}, "
+            f"inter_weight={self.inter_weight}, intra_remove_max={self.intra_remove_max}, "
+            f"eps0={self.inter_c2c_eps}, eps1={self.inter_c2p_eps}, "
             f"centers={'image' if self.per_image else 'batch'}, moving_average_decay={self.moving_average_decay}, "
             f"pooling_rate={self.pooling_rate}, feature_keys={self.feature_keys}"
         )
@@ -361,7 +385,8 @@ class CARRegularizer(nn.Module):
                 centers = self._moving_average(centers, counts, index)
             out = {}
             if self.intra_c2p:
-                out["loss_car_intra_c2p"] = self.intra_weight * intra_c2p_loss(x, onehot, centers)
+                intra = intra_c2p_loss(x, onehot, centers, self.intra_remove_max)
+                out["loss_car_intra_c2p"] = self.intra_weight * intra
             if self.inter_c2c:
                 out["loss_car_inter_c2c"] = self.inter_weight * inter_c2c_loss(centers, self.inter_c2c_eps)
             if self.inter_c2p:
