@@ -362,13 +362,13 @@ def test_intra_remove_max_matches_sorting_loop_reference(case):
     x, labels = make_inputs(seed=21)  # ~20% ignored pixels, classes 3 and 5 absent
     if kwargs.pop("all_ignored", False):
         labels[1] = IGNORE
-    got = car(intra_remove_max=True, **kwargs)(dict(reg_feature=x), labels)
+    got = car(intra_remove_max=True, **kwargs)(feats(reg_feature=x), labels)
     want = ref_intra_remove_max(
         x, labels, 6, per_image=kwargs.get("centers") == "image", pooling_rate=kwargs.get("pooling_rate", 1)
     )
     assert_close(got["loss_car_intra_c2p"], want, rtol=1e-10, atol=1e-12)
     # The option changes the value (so the test can fail), and only the intra-c2p term.
-    off = car(**kwargs)(dict(reg_feature=x), labels)
+    off = car(**kwargs)(feats(reg_feature=x), labels)
     assert not torch.allclose(got["loss_car_intra_c2p"], off["loss_car_intra_c2p"], rtol=1e-3)
     for name in ("loss_car_inter_c2c", "loss_car_inter_c2p"):
         assert torch.equal(got[name], off[name]), name
@@ -387,7 +387,7 @@ def test_intra_remove_max_gradients(per_image):
     x0, labels = make_inputs(seed=23, N=2, C=2, h=3, w=3, H=7, W=5, K=4, present=(0, 1, 3))
     centers = "image" if per_image else "batch"
     x = x0.clone().requires_grad_(True)
-    got = torch.autograd.grad(car(K=4, centers=centers, intra_remove_max=True)(dict(reg_feature=x), labels)
+    got = torch.autograd.grad(car(K=4, centers=centers, intra_remove_max=True)(feats(reg_feature=x), labels)
                               ["loss_car_intra_c2p"], x)[0]  # fmt: skip
     x = x0.clone().requires_grad_(True)
     want = torch.autograd.grad(ref_intra_remove_max(x, labels, 4, per_image=per_image, frozen=x0.clone()), x)[0]
@@ -414,14 +414,14 @@ def test_intra_remove_max_off_is_todays_value():
         before = (valid * (onehot @ centers - feats).abs()).mean().square().clamp(min=1e-5)
         assert torch.equal(intra_c2p_loss(feats, onehot, centers), before)
         assert torch.equal(intra_c2p_loss(feats, onehot, centers, remove_max=False), before)
-        default = car()(dict(reg_feature=x), labels)
-        explicit = car(intra_remove_max=False)(dict(reg_feature=x), labels)
+        default = car()(feats(reg_feature=x), labels)
+        explicit = car(intra_remove_max=False)(feats(reg_feature=x), labels)
         assert torch.equal(default["loss_car_intra_c2p"], before)
         for name in LOSS_NAMES:
             assert torch.equal(default[name], explicit[name]), name
     # The floor still applies with the option on; a 1-pixel feature has no (P - 1) mean.
     constant = torch.ones(2, 3, 5, 4, dtype=torch.float64)
-    out = car(intra_remove_max=True)(dict(reg_feature=constant), labels)
+    out = car(intra_remove_max=True)(feats(reg_feature=constant), labels)
     assert_close(out["loss_car_intra_c2p"], 1e-5, rtol=0, atol=0)
     with pytest.raises(ValueError, match="MODEL.CAR.INTRA_REMOVE_MAX"):
         intra_c2p_loss(feats[:, :1], onehot[:, :1], centers, remove_max=True)
@@ -436,7 +436,7 @@ def test_intra_remove_max_config_reaches_the_module():
     assert default.intra_remove_max is False and on.intra_remove_max is True
     assert "intra_remove_max=True" in on.extra_repr() and "intra_remove_max=False" in default.extra_repr()
     x, labels = make_inputs(seed=25, K=5, present=(0, 1, 2, 4))
-    assert_close(on(dict(reg_feature=x), labels)["loss_car_intra_c2p"], ref_intra_remove_max(x, labels, 5))
+    assert_close(on(feats(reg_feature=x), labels)["loss_car_intra_c2p"], ref_intra_remove_max(x, labels, 5))
 
 
 # -------------------------------------------------------------------------------------------------
