@@ -51,7 +51,7 @@ def ref_index(in_size, out_size):
     return out
 
 
-def feats(pixel_feature=None, **reg_features):
+def outputs_with(pixel_feature=None, **reg_features):
     """A head's outputs carrying these features (the regularizer's input type)."""
     return SegOutputs(pixel_feature=pixel_feature, reg_features=reg_features)
 
@@ -208,7 +208,7 @@ CASES = {
 def test_losses_match_loop_reference(case):
     kwargs = CASES[case]
     x, labels = make_inputs(seed=1)
-    got = car(**kwargs)(feats(reg_feature=x), labels)
+    got = car(**kwargs)(outputs_with(reg_feature=x), labels)
     want = reference_losses(
         x,
         labels,
@@ -226,23 +226,23 @@ def test_losses_match_loop_reference(case):
 
 def test_single_class_batch_and_intra_floor():
     x, labels = make_inputs(seed=2, present=(3,))
-    got = car()(feats(reg_feature=x), labels)
+    got = car()(outputs_with(reg_feature=x), labels)
     want = reference_losses(x, labels, 6)
     for name in LOSS_NAMES:
         assert_close(got[name], want[name], rtol=1e-10, atol=1e-12)
     # Every pixel equal to its class center: intra-c2p is floored at 1e-5.
     constant = torch.ones(2, 3, 5, 4, dtype=torch.float64)
-    assert_close(car()(feats(reg_feature=constant), labels)["loss_car_intra_c2p"], 1e-5, rtol=0, atol=0)
+    assert_close(car()(outputs_with(reg_feature=constant), labels)["loss_car_intra_c2p"], 1e-5, rtol=0, atol=0)
 
 
 def test_weights_switches_and_total():
     x, labels = make_inputs(seed=3)
-    base = car()(feats(reg_feature=x), labels)
-    weighted = car(intra_weight=2.0, inter_weight=0.5)(feats(reg_feature=x), labels)
+    base = car()(outputs_with(reg_feature=x), labels)
+    weighted = car(intra_weight=2.0, inter_weight=0.5)(outputs_with(reg_feature=x), labels)
     assert_close(weighted["loss_car_intra_c2p"], 2 * base["loss_car_intra_c2p"])
     assert_close(weighted["loss_car_inter_c2c"], 0.5 * base["loss_car_inter_c2c"])
     assert_close(weighted["loss_car_inter_c2p"], 0.5 * base["loss_car_inter_c2p"])
-    only_c2c = car(intra_c2p=False, inter_c2p=False)(feats(reg_feature=x), labels)
+    only_c2c = car(intra_c2p=False, inter_c2p=False)(outputs_with(reg_feature=x), labels)
     assert list(only_c2c) == ["loss_car_inter_c2c"]
 
 
@@ -296,7 +296,7 @@ def test_feature_gradients_follow_the_stop_gradients(per_image):
     centers = "image" if per_image else "batch"
     for name in LOSS_NAMES:
         x = x0.clone().requires_grad_(True)
-        got = torch.autograd.grad(car(K=4, centers=centers)(feats(reg_feature=x), labels)[name], x)[0]
+        got = torch.autograd.grad(car(K=4, centers=centers)(outputs_with(reg_feature=x), labels)[name], x)[0]
         frozen = x0.clone()
         x = x0.clone().requires_grad_(True)
         want = torch.autograd.grad(reference_losses(x, labels, 4, per_image=per_image, frozen=frozen)[name], x)[0]
@@ -362,13 +362,13 @@ def test_intra_remove_max_matches_sorting_loop_reference(case):
     x, labels = make_inputs(seed=21)  # ~20% ignored pixels, classes 3 and 5 absent
     if kwargs.pop("all_ignored", False):
         labels[1] = IGNORE
-    got = car(intra_remove_max=True, **kwargs)(feats(reg_feature=x), labels)
+    got = car(intra_remove_max=True, **kwargs)(outputs_with(reg_feature=x), labels)
     want = ref_intra_remove_max(
         x, labels, 6, per_image=kwargs.get("centers") == "image", pooling_rate=kwargs.get("pooling_rate", 1)
     )
     assert_close(got["loss_car_intra_c2p"], want, rtol=1e-10, atol=1e-12)
     # The option changes the value (so the test can fail), and only the intra-c2p term.
-    off = car(**kwargs)(feats(reg_feature=x), labels)
+    off = car(**kwargs)(outputs_with(reg_feature=x), labels)
     assert not torch.allclose(got["loss_car_intra_c2p"], off["loss_car_intra_c2p"], rtol=1e-3)
     for name in ("loss_car_inter_c2c", "loss_car_inter_c2p"):
         assert torch.equal(got[name], off[name]), name
@@ -387,7 +387,7 @@ def test_intra_remove_max_gradients(per_image):
     x0, labels = make_inputs(seed=23, N=2, C=2, h=3, w=3, H=7, W=5, K=4, present=(0, 1, 3))
     centers = "image" if per_image else "batch"
     x = x0.clone().requires_grad_(True)
-    got = torch.autograd.grad(car(K=4, centers=centers, intra_remove_max=True)(feats(reg_feature=x), labels)
+    got = torch.autograd.grad(car(K=4, centers=centers, intra_remove_max=True)(outputs_with(reg_feature=x), labels)
                               ["loss_car_intra_c2p"], x)[0]  # fmt: skip
     x = x0.clone().requires_grad_(True)
     want = torch.autograd.grad(ref_intra_remove_max(x, labels, 4, per_image=per_image, frozen=x0.clone()), x)[0]
@@ -414,14 +414,14 @@ def test_intra_remove_max_off_is_todays_value():
         before = (valid * (onehot @ centers - feats).abs()).mean().square().clamp(min=1e-5)
         assert torch.equal(intra_c2p_loss(feats, onehot, centers), before)
         assert torch.equal(intra_c2p_loss(feats, onehot, centers, remove_max=False), before)
-        default = car()(feats(reg_feature=x), labels)
-        explicit = car(intra_remove_max=False)(feats(reg_feature=x), labels)
+        default = car()(outputs_with(reg_feature=x), labels)
+        explicit = car(intra_remove_max=False)(outputs_with(reg_feature=x), labels)
         assert torch.equal(default["loss_car_intra_c2p"], before)
         for name in LOSS_NAMES:
             assert torch.equal(default[name], explicit[name]), name
     # The floor still applies with the option on; a 1-pixel feature has no (P - 1) mean.
     constant = torch.ones(2, 3, 5, 4, dtype=torch.float64)
-    out = car(intra_remove_max=True)(feats(reg_feature=constant), labels)
+    out = car(intra_remove_max=True)(outputs_with(reg_feature=constant), labels)
     assert_close(out["loss_car_intra_c2p"], 1e-5, rtol=0, atol=0)
     with pytest.raises(ValueError, match="MODEL.CAR.INTRA_REMOVE_MAX"):
         intra_c2p_loss(feats[:, :1], onehot[:, :1], centers, remove_max=True)
@@ -436,7 +436,7 @@ def test_intra_remove_max_config_reaches_the_module():
     assert default.intra_remove_max is False and on.intra_remove_max is True
     assert "intra_remove_max=True" in on.extra_repr() and "intra_remove_max=False" in default.extra_repr()
     x, labels = make_inputs(seed=25, K=5, present=(0, 1, 2, 4))
-    assert_close(on(feats(reg_feature=x), labels)["loss_car_intra_c2p"], ref_intra_remove_max(x, labels, 5))
+    assert_close(on(outputs_with(reg_feature=x), labels)["loss_car_intra_c2p"], ref_intra_remove_max(x, labels, 5))
 
 
 # -------------------------------------------------------------------------------------------------
@@ -452,11 +452,11 @@ def test_moving_average_centers_and_checkpoint():
         return torch.stack(ref_centers(x, lab, 6, False)[0])
 
     mu1, mu2 = batch_centers(x1, labels1), batch_centers(x2, labels2)
-    reg(feats(reg_feature=x1), labels1)
+    reg(outputs_with(reg_feature=x1), labels1)
     expected = 0.1 * mu1  # running centers start at 0; classes 3 and 5 absent stay 0
     assert_close(reg.running_centers_0, expected)
     x2.requires_grad_(True)
-    out = reg(feats(reg_feature=x2), labels2)
+    out = reg(outputs_with(reg_feature=x2), labels2)
     present = torch.zeros(6, 1, dtype=torch.float64)
     present[resize_labels(labels2, (5, 4)).unique()[:-1]] = 1  # drop IGNORE (the largest value)
     assert present.sum() == 2
@@ -487,15 +487,15 @@ def test_feature_keys_suffixes_and_fallback():
     x2, _ = make_inputs(seed=10, C=5)
     single = car()
     both = car(feature_keys=["reg_feature_pam", "reg_feature_cam"])(
-        feats(reg_feature_pam=x1, reg_feature_cam=x2, pixel_feature=x2), labels
+        outputs_with(reg_feature_pam=x1, reg_feature_cam=x2, pixel_feature=x2), labels
     )
     assert sorted(both) == sorted(n + s for n in LOSS_NAMES for s in ("_pam", "_cam"))
-    for name, value in single(feats(reg_feature=x1), labels).items():
+    for name, value in single(outputs_with(reg_feature=x1), labels).items():
         assert_close(both[name + "_pam"], value)
-    for name, value in single(feats(pixel_feature=x2), labels).items():  # no projection: fallback
+    for name, value in single(outputs_with(pixel_feature=x2), labels).items():  # no projection: fallback
         assert_close(both[name + "_cam"], value)
     with pytest.raises(KeyError, match="MODEL.CAR.FEATURE_KEYS.*reg_feature_pam"):
-        car(feature_keys=["reg_feature_pam"])(feats(pixel_feature=x1), labels)
+        car(feature_keys=["reg_feature_pam"])(outputs_with(pixel_feature=x1), labels)
 
 
 @pytest.mark.parametrize(
@@ -520,9 +520,9 @@ def test_bad_labels_and_shapes():
     x, labels = make_inputs(seed=11)
     labels[0, 0, 0] = 7
     with pytest.raises(ValueError, match=r"labels \[7\].*NUM_CLASSES=6"):
-        car()(feats(reg_feature=x), labels)
+        car()(outputs_with(reg_feature=x), labels)
     with pytest.raises(ValueError, match="same N"):
-        car()(feats(reg_feature=x), labels[:1])
+        car()(outputs_with(reg_feature=x), labels[:1])
 
 
 # -------------------------------------------------------------------------------------------------
