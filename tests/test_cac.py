@@ -16,7 +16,9 @@ from segcls.engine import load_config
 from segcls.modeling import DECODE_HEAD_REGISTRY
 from segcls.modeling.classifiers import ContextAwareClassifier, LinearClassifier
 from segcls.modeling.classifiers.context_aware import FUSIONS
+from segcls.modeling.losses import PixelLossSet, SegmentationLoss
 from segcls.modeling.losses.cross_entropy import CrossEntropyLoss
+from segcls.modeling.registry import build_classifier
 
 IGNORE = 255
 N, D, K, h, w = 3, 6, 5, 4, 5
@@ -485,13 +487,13 @@ HEAD_OPTS = {
 }
 
 
-def tiny_model(head):
+def tiny_model(head, *extra, base=""):
     opts = TINY + ["MODEL.DECODE_HEAD.NAME", head]
     if head != "FCNHead":  # multi-level heads read several ResNet stages
         opts += ["MODEL.DECODE_HEAD.IN_FEATURES", "['res2', 'res3', 'res4', 'res5']"]
-    opts += HEAD_OPTS.get(head, [])
+    opts += HEAD_OPTS.get(head, []) + list(extra)
     torch.manual_seed(0)
-    return build_model(load_config("", opts))
+    return build_model(load_config(base, opts))
 
 
 def tiny_batch(all_ignored=False):
@@ -553,3 +555,160 @@ def test_cac_fcn_all_ignored_batch_is_finite_and_training_reduces_loss():
     assert all(math.isfinite(v) for v in history)
     assert history[-1] < history[0] - 0.1
     check_eval(model, batch)
+
+
+# -------------------------------------------------------------------------------------------------
+# The four loss terms under the released code's rules, with the shipped CAC configs
+# -------------------------------------------------------------------------------------------------
+CAC_CONFIGS = ["ade20k/cac_upernet_r50.yaml", "coco_stuff/cac_deeplabv3plus_r50.yaml", "ade20k/cac_upernet_swin_t.yaml"]
+
+
+def slow_bilinear_matrix(out_size, in_size, align_corners):
+    """(out, in) matrix R with up = R @ x, written from PyTorch's bilinear sampling rule:
+    source coordinate i * (in - 1) / (out - 1) (align_corners=True) or (i + 0.5) * in / out - 0.5
+    clamped at 0 (align_corners=False); weights (1 - frac, frac) on floor and floor + 1."""
+    R = torch.zeros(out_size, in_size, dtype=torch.float64)
+    for i in range(out_size):
+        if align_corners:
+            src = i * (in_size - 1) / (out_size - 1) if out_size > 1 else 0.0
+        else:
+            src = max((i + 0.5) * in_size / out_size - 0.5, 0.0)
+        lo = min(math.floor(src), in_size - 1)
+        hi = min(lo + 1, in_size - 1)
+        frac = src - lo
+        R[i, lo] += 1 - frac
+        R[i, hi] += frac
+    return R
+
+
+def slow_ce(logits, labels, align_corners, normalization):
+    """Per-pixel CE after a bilinear upsampling to the label size, summed over non-ignored pixels and
+    divided by their number ("valid") or by all B*H*W label pixels ("all")."""
+    n, _, hh, ww = logits.shape
+    Rh = slow_bilinear_matrix(labels.shape[1], hh, align_corners)
+    Rw = slow_bilinear_matrix(labels.shape[2], ww, align_corners)
+    up = torch.einsum("Hh,nkhw,Ww->nkHW", Rh, logits, Rw)
+    total, valid = 0.0, 0
+    for b in range(n):
+        for i in range(labels.shape[1]):
+            for j in range(labels.shape[2]):
+                y = int(labels[b, i, j])
+                if y == IGNORE:
+                    continue
+                total = total - torch.log_softmax(up[b, :, i, j], dim=0)[y]
+                valid += 1
+    denominator = labels.numel() if normalization == "all" else max(valid, 1)
+    return total / denominator
+
+
+def slow_Cp_differentiable(f, p):
+    """Eq. 4 with loops, gradients flowing through softmax(p) as in the released code
+    (:func:`slow_Cp` uses detached Python floats, for values only)."""
+    n, d, hh, ww = f.shape
+    rows = []
+    for b in range(n):
+        probs = [torch.softmax(p[b, :, i, j], dim=0) for i in range(hh) for j in range(ww)]
+        feats = [f[b, :, i, j] for i in range(hh) for j in range(ww)]
+        rows.append(torch.stack([sum(s[k] * x for s, x in zip(probs, feats)) / (sum(s[k] for s in probs) + 1e-12) for k in range(p.shape[1])]))
+    return torch.stack(rows)
+
+
+def slow_kl_differentiable(p_p, p_y, y, s=0.5):
+    """Eq. 11 as released (class-wise, oracle entropy) with loops, differentiable in p_p; the
+    target softmax(p_y) and the entropy weight are detached (:func:`slow_kl` gives values only)."""
+    per_class = []
+    for c in range(p_p.shape[1]):
+        num, den = 0.0, 0.0
+        for b, i, j in zip(*torch.nonzero(y == c, as_tuple=True)):
+            q = torch.softmax(p_y[b, :, i, j].detach(), dim=0)
+            t = s * q + (1 - s) * F.one_hot(torch.tensor(c), p_p.shape[1]).double()
+            entropy = -(q * q.log()).sum()
+            num = num + entropy * -(t * torch.log_softmax(p_p[b, :, i, j], dim=0)).sum()
+            den = den + entropy
+        if torch.is_tensor(num):
+            per_class.append(num / (den + 1e-12))
+    return sum(per_class) / len(per_class)
+
+
+def released_terms(cac, f, labels):
+    """The four terms of the released code, from the slow formulations: L_p^ce (align_corners
+    False, sum / all pixels), L^ce and L_y^ce (align_corners True, mean over valid pixels), L_KL."""
+    C = cac.weight
+    y = slow_downsample(labels, f.shape[2], f.shape[3])
+    p = slow_static(f, C, cac.conv.bias)
+    # An absent class's oracle prototype is the detached classifier row (released rule, Eq. 1).
+    p_y = slow_cos_logits(f, slow_A("concat_proj", cac.theta_y, slow_Cy(f, y, C.detach()), C))
+    p_p = slow_cos_logits(f, slow_A("concat_proj", cac.theta_p, slow_Cp_differentiable(f, p), C))
+    return {
+        "loss_ce": slow_ce(p_p, labels, False, "all"),
+        "loss_static_ce": slow_ce(p, labels, True, "valid"),
+        "loss_oracle_ce": slow_ce(p_y, labels, True, "valid"),
+        "loss_cac_kl": slow_kl_differentiable(p_p, p_y, y),
+    }
+
+
+@pytest.mark.parametrize("config", CAC_CONFIGS)
+def test_shipped_config_gives_the_released_loss_terms_and_gradients(config):
+    """All four terms, their sum and the gradients w.r.t. the feature, the classifier and both
+    projectors equal the released rules; make_labels() has a fully ignored image, a label grid at a
+    non-integer multiple of the feature grid and a class only on pixels the downsampling skips."""
+    cfg = load_config(f"configs/{config}", ["MODEL.SEM_SEG_HEAD.NUM_CLASSES", str(K), "MODEL.CLASSIFIER.DROPOUT", "0.0"])
+    assert cfg.MODEL.LOSS.CE_NORMALIZATION == "all" and not cfg.MODEL.ALIGN_CORNERS
+    assert list(cfg.MODEL.DECODE_HEAD.LOSSES) == ["CrossEntropyLoss"] and list(cfg.MODEL.DECODE_HEAD.LOSS_WEIGHTS) == [1.0]
+    torch.manual_seed(0)
+    cac = build_classifier(cfg, D, K).double().train()
+    with torch.no_grad():
+        cac.conv.weight.normal_(0, 0.5)
+        cac.conv.bias.normal_(0, 0.5)
+    f, labels = make_inputs()
+    assert (labels[2] == IGNORE).all() and H % h and W % w
+    # make_inputs' all-zero feature vector has a cosine gradient of order 1/1e-12 (ill-conditioned
+    # in any formulation): give it a value here, the finite forward at 0 is tested above.
+    f[0, :, 1, 1] = torch.linspace(-1, 1, D, dtype=torch.float64)
+    f.requires_grad_(True)
+    got = SegmentationLoss(PixelLossSet.from_node(cfg, cfg.MODEL.DECODE_HEAD))(cac(f, labels), labels)
+    want = released_terms(cac, f, labels)
+    assert sorted(got) == sorted(want)
+    for name in want:
+        close(got[name], want[name])
+    params = [f, cac.conv.weight, cac.conv.bias, *cac.theta_p.parameters(), *cac.theta_y.parameters()]
+    got_grads = torch.autograd.grad(sum(got.values()), params)
+    want_grads = torch.autograd.grad(sum(want.values()), params)
+    for g_got, g_want in zip(got_grads, want_grads):
+        close(g_got, g_want)
+
+
+def test_all_ignored_image_halves_the_all_pixel_normalisation():
+    """With one of two images fully ignored, "all" divides by twice the valid pixels, "valid" does not."""
+    logits = torch.randn(2, K, h, w, dtype=torch.float64)
+    labels = make_labels()[1:]  # image 1 (labelled) and image 2 (all ignore)
+    labels[0][labels[0] == IGNORE] = 0
+    valid = CrossEntropyLoss(ignore_value=IGNORE)
+    every = CrossEntropyLoss(ignore_value=IGNORE, normalization="all")
+    up = F.interpolate(logits, size=(H, W), mode="bilinear", align_corners=False)
+    close(every(up, labels), valid(up, labels) / 2)
+    close(every(up, labels), slow_ce(logits, labels, False, "all"))
+    close(valid(up, labels), slow_ce(logits, labels, False, "valid"))
+    with pytest.raises(ValueError, match="CE_NORMALIZATION='mean'"):
+        CrossEntropyLoss(normalization="mean")
+
+
+def test_per_pixel_segmentor_with_cac_returns_the_released_terms():
+    """End to end: a PerPixelSegmentor built from the shipped CAC config (tiny sizes) scores the
+    classifier's predictions with the released rules."""
+    model = tiny_model("FCNHead", "MODEL.CLASSIFIER.DROPOUT", "0.0", "MODEL.AUX_HEAD.ENABLED", "False", base="configs/ade20k/cac_base.yaml")
+    batch = tiny_batch()
+    batch[1]["sem_seg"][:] = IGNORE  # one image entirely ignored
+    with EventStorage():
+        losses = model(batch)
+        images, targets = model.preprocessor(batch)
+        outputs = model.predict(images.tensor, targets)
+    assert set(losses) == {"loss_ce", "loss_static_ce", "loss_oracle_ce", "loss_cac_kl"}
+    valid = (targets != IGNORE).sum()
+    ce = lambda x, align: F.cross_entropy(  # noqa: E731
+        F.interpolate(x, targets.shape[-2:], mode="bilinear", align_corners=align), targets, ignore_index=IGNORE, reduction="sum"
+    )
+    close(losses["loss_ce"].double(), (ce(outputs.logits, False) / targets.numel()).double(), tol=1e-6)
+    close(losses["loss_static_ce"].double(), (ce(outputs.predictions["static"].logits, True) / valid).double(), tol=1e-6)
+    close(losses["loss_oracle_ce"].double(), (ce(outputs.predictions["oracle"].logits, True) / valid).double(), tol=1e-6)
+    close(losses["loss_cac_kl"].double(), outputs.losses["loss_cac_kl"].double(), tol=1e-6)
