@@ -12,6 +12,9 @@ VENV_PY := $(VENV)/bin/python
 STAMP := $(VENV)/.segcls-setup-done
 DEMO_CONFIG ?= configs/synthetic_context/fcn_r18_demo.yaml
 DEMO_OUTPUT ?= output/demo
+# `make benchmark` runs tools/benchmark.py $(BENCHMARK) $(BENCHMARK_ARGS), e.g. BENCHMARK=cac BENCHMARK_ARGS=--quick
+BENCHMARK ?= fcn
+BENCHMARK_ARGS ?=
 export PIP_CONSTRAINT := $(abspath $(CONSTRAINTS))
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
@@ -41,7 +44,7 @@ test: setup
 	$(VENV_PY) -m pytest
 
 benchmark: setup
-	$(VENV_PY) tools/benchmark.py
+	$(VENV_PY) tools/benchmark.py $(BENCHMARK) $(BENCHMARK_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

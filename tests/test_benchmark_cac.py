@@ -1,11 +1,8 @@
-"""tools/benchmark_cac.py: the two variants share their weights, and the peak-memory meter measures."""
-import os
-import sys
-
+"""segcls.benchmarks.cac: the two variants share their weights, and the peak-memory meter measures."""
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tools"))
-from benchmark_cac import PeakMemory, build_pair, model_opts  # noqa: E402
+from segcls.benchmarks.cac import build_pair, model_opts
+from segcls.benchmarks.measure import PeakMemory
 
 
 def test_variants_differ_only_by_the_projectors():

@@ -919,7 +919,9 @@ def np_isfinite(array):
 
 
 def test_benchmark_quick_smoke():
-    result = _load_tool("benchmark_car").main(["--quick", "--size", "32", "--repeats", "1", "--warmup", "0"])
+    from segcls.benchmarks import car
+
+    result = car.main(["--quick", "--size", "32", "--repeats", "1", "--warmup", "0"])
     # At this size the memory numbers are within the kernel's RSS accounting noise (tens of KiB),
     # so only their presence is checked.
     assert result["time_ratio"] > 0 and "memory_ratio" in result

@@ -39,7 +39,7 @@ Norms, frozen stages
 
 Weights
     ``MODEL.TIMM.WEIGHTS``: a local timm, torchvision or official checkpoint, see
-    :meth:`TimmBackbone.load_weights`. Nothing is downloaded.
+    :meth:`TimmBackbone.load_pretrained`. Nothing is downloaded.
 """
 import sys
 from typing import Dict, List, Optional, Sequence
@@ -215,7 +215,7 @@ class TimmBackbone(Backbone):
         self._size_divisibility = max(nominal[i] for i in out_indices) if output_stride == 32 else output_stride
 
         if weights:
-            self.load_weights(weights)
+            self.load_pretrained(weights)
         if norm == "FrozenBN":
             self.model = freeze_batch_norm_2d(self.model)
         elif norm == "SyncBN":
@@ -297,9 +297,10 @@ class TimmBackbone(Backbone):
                 param.requires_grad_(False)
         return self
 
-    def load_weights(self, path: str):
+    def load_pretrained(self, path: str, key: str = "MODEL.TIMM.WEIGHTS"):
         """
-        Load a local checkpoint into the timm model. The file (.safetensors, or a torch pickle
+        Load a local checkpoint into the timm model (``key``: the config key or option that gave
+        ``path``, for the errors). The file (.safetensors, or a torch pickle
         holding a state dict, possibly under "state_dict"/"model") may use the full model's names
         (timm, torchvision ResNet, or the official release converted by timm's own
         ``checkpoint_filter_fn``, e.g. Swin, ConvNeXt) or the ``features_only`` names; leading
@@ -309,7 +310,7 @@ class TimmBackbone(Backbone):
         raise.
         """
         model_name, kwargs = self._create_args
-        state_dict = read_state_dict(path, "MODEL.TIMM.WEIGHTS")
+        state_dict = read_state_dict(path, key)
         with torch.device("meta"):
             full = timm.create_model(model_name, **{k: v for k, v in kwargs.items() if k != "feature_location"})
         full_keys = set(full.state_dict())
@@ -327,7 +328,7 @@ class TimmBackbone(Backbone):
                 state_dict = filter_fn(state_dict, full)
             except (KeyError, RuntimeError) as e:
                 raise ValueError(
-                    f"MODEL.TIMM.WEIGHTS: timm's checkpoint_filter_fn for {model_name} failed on '{path}' "
+                    f"{key}: timm's checkpoint_filter_fn for {model_name} failed on '{path}' "
                     f"({type(e).__name__}: {e}); does the file hold tensors that are not part of {model_name}?"
                 ) from e
         outside = {k for k in state_dict if k in full_keys and k not in to_features}

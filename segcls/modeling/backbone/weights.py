@@ -7,15 +7,16 @@ against the architecture and load it, reporting what did not match. Nothing is d
 - :func:`load_checked_state_dict`: loads the keys that exist in the module; raises on shape
   mismatches (naming the file and the first mismatching keys) or when no key matches; logs the
   missing and unexpected keys.
-- :func:`torchvision_to_detectron2_resnet` + :func:`load_backbone_weights`: a torchvision ResNet
-  checkpoint into segcls's detectron2 ResNet (``build_resnet_dilated_backbone``).
+- :func:`load_backbone_weights`: a local checkpoint into any backbone with a
+  ``load_pretrained(path, key)`` method; each backbone maps its own names
+  (:meth:`TimmBackbone.load_pretrained`, :meth:`DilatedResNet.load_pretrained`, which maps
+  torchvision ResNet names to detectron2's).
 - :func:`detectron2_checkpoint`: the ``{"model": {"backbone.<name>": tensor}, ...}`` dict that
   ``tools/convert_pretrained.py`` writes and ``MODEL.WEIGHTS`` loads.
 """
 import logging
 import os
 import pickle
-import re
 from typing import Dict, Iterable
 
 import torch
@@ -105,39 +106,17 @@ def load_checked_state_dict(
         logger.info(f"Loading '{path}' into {description}: skipped {len(unused)} tensors outside it, e.g. {unused[:3]}")
 
 
-def torchvision_to_detectron2_resnet(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    """torchvision ResNet names -> detectron2 ResNet names: conv1/bn1 -> stem.conv1(.norm),
-    layerX.Y.convZ/bnZ -> res{X+1}.Y.convZ(.norm), layerX.Y.downsample.0/1 ->
-    res{X+1}.Y.shortcut(.norm). Other names (fc.*) are kept and end up unused."""
-    converted = {}
-    for name, tensor in state_dict.items():
-        name = re.sub(r"^conv1\.", "stem.conv1.", name)
-        name = re.sub(r"^bn1\.", "stem.conv1.norm.", name)
-        name = re.sub(r"^layer(\d)\.", lambda m: f"res{int(m.group(1)) + 1}.", name)
-        name = re.sub(r"\.bn(\d)\.", r".conv\1.norm.", name)
-        name = name.replace(".downsample.0.", ".shortcut.").replace(".downsample.1.", ".shortcut.norm.")
-        converted[name] = tensor
-    return converted
-
-
 def load_backbone_weights(backbone: torch.nn.Module, path: str, key: str = "weights"):
-    """Load the local checkpoint ``path`` into a segcls backbone: a :class:`TimmBackbone` (see
-    its ``load_weights``) or detectron2's ResNet (torchvision or detectron2 names)."""
-    from detectron2.modeling.backbone.resnet import ResNet
-
-    from .timm_backbone import TimmBackbone
-
-    if isinstance(backbone, TimmBackbone):
-        backbone.load_weights(path)
-    elif isinstance(backbone, ResNet):
-        state_dict = read_state_dict(path, key)
-        if "layer1.0.conv1.weight" in state_dict:
-            state_dict = torchvision_to_detectron2_resnet(state_dict)
-        load_checked_state_dict(backbone, state_dict, path, "detectron2 ResNet", skipped=("fc.weight", "fc.bias"))
-    else:
+    """Load the local checkpoint ``path`` into a segcls backbone through its own
+    ``load_pretrained(path, key)`` (which maps the file's names to its parameters and loads them
+    with :func:`load_checked_state_dict`). ``key`` names the option that gave ``path``."""
+    load_pretrained = getattr(backbone, "load_pretrained", None)
+    if load_pretrained is None:
         raise TypeError(
-            f"cannot load weights into a {type(backbone).__name__}: expected TimmBackbone or detectron2's ResNet"
+            f"cannot load weights into a {type(backbone).__name__}: expected TimmBackbone or detectron2's ResNet "
+            "(segcls's DilatedResNet), or another backbone with a load_pretrained(path, key) method"
         )
+    load_pretrained(path, key)
 
 
 def detectron2_checkpoint(backbone: torch.nn.Module, author: str) -> dict:

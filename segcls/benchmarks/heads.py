@@ -1,10 +1,9 @@
-#!/usr/bin/env python
 """
 Benchmarks of the DeepLab / KSAC / PSP / UperNet / CAA decode heads.
 
-    python tools/benchmark_heads.py                     # full sizes: minutes, run on a quiet machine
-    python tools/benchmark_heads.py --quick             # tiny sizes, checks that the script works
-    python tools/benchmark_heads.py --sections caa --device cuda --json out.json
+    python -m segcls.benchmarks heads                   # full sizes: minutes, run on a quiet machine
+    python -m segcls.benchmarks heads --quick           # tiny sizes, checks that the script works
+    python -m segcls.benchmarks heads --sections caa --device cuda --json out.json
 
 Sections:
 
@@ -27,27 +26,33 @@ Sections:
 """
 import argparse
 import json
-import os
 import statistics
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from detectron2.modeling import build_backbone, build_model
-from fvcore.nn import FlopCountAnalysis, parameter_count
+from fvcore.nn import parameter_count
 from tabulate import tabulate
-from torch import nn
 from torchvision.models.segmentation import deeplabv3_resnet50
 
-import segcls
+import segcls  # noqa: F401  (registers the heads)
 from segcls.engine.defaults import load_config
 from segcls.modeling.heads.caa import ChannelizedAttention
-from segcls.modeling.registry import build_classifier, build_decode_head
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "ade20k"
+from . import CONFIGS, argument_parser
+from .measure import (
+    count_flops,
+    interleave,
+    proc_status_bytes,
+    reset_peak_rss,
+    run_python,
+    synchronize,
+    timed,
+    write_json,
+)
+from .model_api import HeadAndClassifier, logits_at_input_size
+
+CONFIG_DIR = CONFIGS / "ade20k"
 # (label, config file, extra overrides)
 HEADS = [
     ("ASPPHead (DeepLabV3)", "deeplabv3_r50-d8_512x512_80k.yaml", []),
@@ -71,38 +76,9 @@ TINY = [
 ]  # fmt: skip
 
 
-def synchronize(device):
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def timed(fn, device):
-    synchronize(device)
-    start = time.perf_counter()
-    fn()
-    synchronize(device)
-    return time.perf_counter() - start
-
-
 # ------------------------------------------------------------------------------------------------
 # (a) parameters and FLOPs
 # ------------------------------------------------------------------------------------------------
-class HeadAndClassifier(nn.Module):
-    def __init__(self, names, head, classifier):
-        super().__init__()
-        self.names = list(names)
-        self.head = head
-        self.classifier = classifier
-
-    def forward(self, *features):
-        out = self.head(dict(zip(self.names, features)))
-        return self.classifier(out["pixel_feature"])["pred"]
-
-
-def count_flops(module, inputs):
-    return FlopCountAnalysis(module, inputs).unsupported_ops_warnings(False).uncalled_modules_warnings(False)
-
-
 def flops_section(args):
     depth = 18 if args.quick else 101
     settings = [(8, 64), (16, 65)] if args.quick else [(8, 512), (16, 513)]
@@ -122,15 +98,13 @@ def flops_section(args):
         for label, config, extra in HEADS:
             cfg = load_config(str(CONFIG_DIR / config), common + extra)
             names = [n for n in ("res2", "res3", "res4", "res5") if n in features]
-            head = build_decode_head(cfg, backbone.output_shape())
-            classifier = build_classifier(cfg, head.out_channels, cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES)
-            model = HeadAndClassifier(names, head, classifier).to(args.device).eval()
+            model = HeadAndClassifier.from_config(cfg, names, backbone.output_shape()).to(args.device).eval()
             flops = count_flops(model, tuple(features[n] for n in names)).by_module()
             result = {
                 "setting": setting,
                 "output_stride": stride,
                 "head": label,
-                "head_params_M": parameter_count(head)[""] / 1e6,
+                "head_params_M": parameter_count(model.head)[""] / 1e6,
                 "head_GFLOPs": flops["head"] / 1e9,
                 "classifier_GFLOPs": flops["classifier"] / 1e9,
                 "total_GFLOPs": (backbone_flops + flops[""]) / 1e9,
@@ -190,7 +164,7 @@ def deeplab_section(args):
     x = torch.randn(batch, 3, size, size, device=args.device)
     target = torch.randint(0, 21, (batch, size, size), device=args.device)
     forwards = {
-        "segcls": lambda: ours.resize(ours.predict(x)["pred"], x.shape[-2:]),
+        "segcls": lambda: logits_at_input_size(ours, x),
         "torchvision": lambda: theirs(x)["out"],
     }
     models = {"segcls": ours, "torchvision": theirs}
@@ -205,12 +179,12 @@ def deeplab_section(args):
         models[name].train()
         F.cross_entropy(forwards[name](), target).backward()
 
-    for rep in range(args.warmup + args.repeats):
-        for name in (["segcls", "torchvision"] if rep % 2 == 0 else ["torchvision", "segcls"]):
+    for rep, order, measured in interleave(models, args.repeats, args.warmup):
+        for name in order:
             t_fwd = timed(lambda: forward_only(name), args.device)
             models[name].zero_grad(set_to_none=True)
             t_bwd = timed(lambda: forward_backward(name), args.device)
-            if rep >= args.warmup:
+            if measured:
                 times[name, "forward"].append(t_fwd)
                 times[name, "forward+backward"].append(t_bwd)
         print(f"  repeat {rep + 1}/{args.warmup + args.repeats} done", flush=True)
@@ -233,22 +207,6 @@ def deeplab_section(args):
 def caa_variants(height, quick):
     groups = [16, 4, 1] if quick else [height, 16, 4, 1]
     return ["axial", "collapsed"] + [f"grouped:{g}" for g in groups]
-
-
-def proc_status_bytes(field):
-    """``VmRSS`` (resident set) or ``VmHWM`` (its peak) of this process, from /proc/self/status (Linux)."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"/proc/self/status has no {field}")
-
-
-def reset_peak_rss():
-    """Reset the peak resident set size (VmHWM) to the current one (Linux >= 4.0), so that the peak
-    measures what runs next rather than the imports."""
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
 
 
 def caa_worker(args):
@@ -292,15 +250,14 @@ def caa_worker(args):
 
 def caa_section(args):
     shape = [2, 64, 16, 16] if args.quick else [2, 512, 64, 64]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(segcls.__file__).parents[1]), os.environ.get("PYTHONPATH", "")]))
     results, rows = [], []
     for variant in caa_variants(shape[2], args.quick):
         row = {"variant": variant}
         for mode in ("forward", "forward+backward"):
-            cmd = [sys.executable, __file__, "--caa-worker", variant, mode, "--caa-shape", *map(str, shape)]
+            cmd = ["-m", "segcls.benchmarks", "heads", "--caa-worker", variant, mode, "--caa-shape", *map(str, shape)]
             cmd += ["--device", args.device, "--repeats", str(args.repeats), "--warmup", str(args.warmup)]
             cmd += ["--threads", str(args.threads)] if args.threads else []
-            out = subprocess.run(cmd, env=env, capture_output=True, text=True)
+            out = run_python(cmd)
             if out.returncode:
                 row[mode] = {"error": out.stderr.strip().splitlines()[-1] if out.stderr else f"exit {out.returncode}"}
             else:
@@ -323,8 +280,8 @@ def caa_section(args):
     return results
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv=None):
+    parser = argument_parser("heads", __doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes, to check that the script works")
     parser.add_argument("--sections", nargs="+", default=["flops", "deeplab", "caa"], choices=["flops", "deeplab", "caa"])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -336,7 +293,7 @@ def main():
     parser.add_argument("--json", default="", help="also write the results to this JSON file")
     parser.add_argument("--caa-worker", nargs=2, metavar=("VARIANT", "MODE"), help=argparse.SUPPRESS)
     parser.add_argument("--caa-shape", nargs=4, type=int, metavar=("N", "C", "H", "W"), help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.quick:
         args.repeats = min(args.repeats, 3)
     if args.threads:
@@ -348,10 +305,5 @@ def main():
     for name in args.sections:
         print(f"=== {name} ===", flush=True)
         results[name] = sections[name](args)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
-
-
-if __name__ == "__main__":
-    main()
+    write_json(args.json, results)
+    return results

@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """
 Training data-loading throughput (images/s) of segcls's ``SemSegDatasetMapper`` against
 detectron2's stock ``DatasetMapper`` with the equivalent augmentations, in the same run, on
@@ -13,28 +12,24 @@ Both read the same files through a ``torch.utils.data.DataLoader`` with ``--work
 (batch size 1, worker start-up excluded); the two loaders alternate for ``--rounds`` rounds and the
 median of each is reported, with the ratio segcls / detectron2 (>= 1.0: segcls is not slower).
 
-    python tools/benchmark_data.py --quick     # 20 images, 2 rounds of 40 samples
-    python tools/benchmark_data.py             # 20 images, 3 rounds of 200 samples
+    python -m segcls.benchmarks data --quick     # 20 images, 2 rounds of 40 samples
+    python -m segcls.benchmarks data             # 20 images, 3 rounds of 200 samples
 """
-import argparse
 import os
 import statistics
-import sys
 import tempfile
 import time
 
 import numpy as np
 import torch.utils.data as torchdata
+from detectron2.data import DatasetMapper
+from detectron2.data import transforms as T
 from PIL import Image
 
-# Import segcls from the checkout this script belongs to.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from segcls.data.build import PositionSeededDataset
+from segcls.data.dataset_mapper import SemSegDatasetMapper
 
-from detectron2.data import DatasetMapper  # noqa: E402
-from detectron2.data import transforms as T  # noqa: E402
-
-from segcls.data.build import PositionSeededDataset  # noqa: E402
-from segcls.data.dataset_mapper import SemSegDatasetMapper  # noqa: E402
+from . import argument_parser
 
 NUM_CLASSES = 150
 CROP = 512
@@ -124,7 +119,7 @@ def throughput(loader, warmup):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argument_parser("data", __doc__)
     parser.add_argument("--quick", action="store_true", help="2 rounds of 40 samples (a smoke run)")
     parser.add_argument("--num-images", type=int, default=20)
     parser.add_argument("--samples", type=int, default=None, help="samples per round (default 200; 40 with --quick)")
@@ -147,7 +142,3 @@ def main(argv=None):
     segcls, d2 = (statistics.median(v) for v in results.values())
     print(f"  ratio segcls / detectron2: {segcls / d2:.2f}")
     return {"segcls": segcls, "detectron2": d2, "ratio": segcls / d2}
-
-
-if __name__ == "__main__":
-    main()

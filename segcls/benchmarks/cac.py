@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """
 Cost of the context-aware classifier (CAC, issue 7): the same segmentation model with its ordinary
 1x1 classifier and with ``ContextAwareClassifier``, measured in one run on CPU.
@@ -21,24 +20,21 @@ its own mapping that goes back to the OS when freed, and the kernel's resident-s
 is reset before each forward (``/proc/self/clear_refs``); peak = high-water mark - resident set
 before the forward. Needs Linux; elsewhere memory is reported as unavailable.
 
-Full run (reported in the issue):   python tools/benchmark_cac.py
-Quick check (tiny sizes):           python tools/benchmark_cac.py --quick
+Full run (reported in the issue):   python -m segcls.benchmarks cac
+Quick check (tiny sizes):           python -m segcls.benchmarks cac --quick
 """
-import argparse
-import ctypes
-import json
-import os
 import statistics
-import sys
-import time
 
 import torch
 from detectron2.modeling import build_model
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-import segcls  # noqa: E402,F401  (registers everything)
-from segcls.engine import load_config  # noqa: E402
-from segcls.modeling import DECODE_HEAD_REGISTRY  # noqa: E402
+import segcls  # noqa: F401  (registers everything)
+from segcls.engine import load_config
+from segcls.modeling import DECODE_HEAD_REGISTRY
+
+from . import argument_parser
+from .measure import PeakMemory, interleaved, write_json
+from .model_api import CAC_PROJECTOR_PREFIX
 
 NUM_CLASSES = 150
 
@@ -75,56 +71,12 @@ def build_pair(opts):
     base = build_model(load_config("", opts + ["MODEL.CLASSIFIER.NAME", "LinearClassifier"]))
     cac = build_model(load_config("", opts + ["MODEL.CLASSIFIER.NAME", "ContextAwareClassifier"]))
     missing, unexpected = cac.load_state_dict(base.state_dict(), strict=False)
-    assert not unexpected and all(k.startswith("classifier.theta_") for k in missing), (missing, unexpected)
+    assert not unexpected and all(k.startswith(CAC_PROJECTOR_PREFIX) for k in missing), (missing, unexpected)
     return base, cac
 
 
-class PeakMemory:
-    """Peak resident-memory growth of a block of code (Linux + glibc), in bytes; None elsewhere."""
-
-    def __init__(self):
-        self.enabled = sys.platform.startswith("linux") and os.access("/proc/self/clear_refs", os.W_OK)
-        if self.enabled:
-            try:
-                libc = ctypes.CDLL("libc.so.6")
-                libc.mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD: fixed, no dynamic growth
-                self.trim = lambda: libc.malloc_trim(0)
-            except OSError:
-                self.enabled = False
-
-    @staticmethod
-    def _status(field):
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) * 1024
-        raise RuntimeError(f"{field} not in /proc/self/status")
-
-    def measure(self, fn):
-        """Run ``fn()``; return (seconds, peak bytes above the resident set before the call or None)."""
-        if self.enabled:
-            self.trim()
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")  # reset the resident-set high-water mark (VmHWM)
-            before = self._status("VmRSS")
-        start = time.perf_counter()
-        fn()
-        seconds = time.perf_counter() - start
-        peak = self._status("VmHWM") - before if self.enabled else None
-        return seconds, peak
-
-
-def interleaved(runs, repeats, warmup, meter):
-    """Time (and memory of) each callable of ``runs`` ({name: fn}), alternating the order every
-    repeat. Returns {name: (median seconds, median peak bytes or None)}."""
-    names = list(runs)
-    for _ in range(warmup):
-        for name in names:
-            runs[name]()
-    samples = {name: [] for name in names}
-    for r in range(repeats):
-        for name in names if r % 2 == 0 else names[::-1]:
-            samples[name].append(meter.measure(runs[name]))
+def medians(samples):
+    """{name: [(seconds, peak bytes or None), ...]} -> {name: (median seconds, median peak or None)}."""
     out = {}
     for name, values in samples.items():
         mems = [m for _, m in values if m is not None]
@@ -147,7 +99,7 @@ def synthetic_batch(size, batch, with_labels, seed=0):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argument_parser("cac", __doc__)
     parser.add_argument("--quick", action="store_true", help="smoke test: ResNet-18, tiny sizes, 3 repeats, 1 thread")
     parser.add_argument("--sizes", type=int, nargs="+", default=[512, 1024], help="inference image sides")
     parser.add_argument("--repeats", type=int, default=7, help="measured runs per variant and size")
@@ -181,7 +133,7 @@ def main(argv=None):
                     model(batch)
             return run
 
-        r = interleaved({"base": infer(base), "cac": infer(cac)}, args.repeats, args.warmup, meter)
+        r = medians(interleaved({"base": infer(base), "cac": infer(cac)}, args.repeats, args.warmup, meter.measure))
         (tb, mb), (tc, mc) = r["base"], r["cac"]
         results["inference"][size] = {"base_s": tb, "cac_s": tc, "time_ratio": tc / tb, "base_peak_bytes": mb,
                                       "cac_peak_bytes": mc, "memory_ratio": mc / mb if mb else None}
@@ -202,16 +154,10 @@ def main(argv=None):
             optimizer.step()
         return run
 
-    r = interleaved({"base": step(base), "cac": step(cac)}, args.repeats, args.warmup, meter)
+    r = medians(interleaved({"base": step(base), "cac": step(cac)}, args.repeats, args.warmup, meter.measure))
     (tb, _), (tc, _) = r["base"], r["cac"]
     results["train"] = {"size": args.train_size, "batch": args.train_batch, "base_s": tb, "cac_s": tc, "time_ratio": tc / tb}
     print(f"training iteration {args.train_batch}x{args.train_size}x{args.train_size}: "
           f"{tb * 1e3:.1f} -> {tc * 1e3:.1f} ms (x{tc / tb:.3f})")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
+    write_json(args.json, results)
     return results
-
-
-if __name__ == "__main__":
-    main()

@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """
 Training cost of CAR: iteration time and peak memory with CAR vs without, same model, one run.
 
@@ -17,17 +16,12 @@ accounting is exact to some tens of KiB only: meaningful at full size, noise wit
 
     # the paper's setting: R50-D8 + self-attention (FCN if NonLocalHead is not registered),
     # 513x513, batch 2, CPU (about a minute per iteration and model on 16 cores)
-    python tools/benchmark_car.py --repeats 5 --output benchmark_car.json
-    python tools/benchmark_car.py --quick          # tiny R18 model at 64x64, seconds
+    python -m segcls.benchmarks car --repeats 5 --output benchmark_car.json
+    python -m segcls.benchmarks car --quick          # tiny R18 model at 64x64, seconds
 """
 import argparse
-import ctypes
-import json
 import os
-import re
 import statistics
-import sys
-import time
 
 import torch
 from detectron2.modeling import build_model
@@ -36,8 +30,12 @@ import segcls  # noqa: F401  (registers modules)
 from segcls.engine import load_config
 from segcls.modeling import DECODE_HEAD_REGISTRY
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIGS = os.path.join(REPO, "configs", "car", "pascal_context_59")
+from . import CONFIGS as _CONFIG_ROOT
+from . import argument_parser
+from .measure import PeakMemory, count_flops, interleave, write_json
+from .model_api import regularizer_names
+
+CONFIGS = _CONFIG_ROOT / "car" / "pascal_context_59"
 CPU_OVERRIDES = ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", "MODEL.RESNETS.NORM", "BN", "MODEL.DECODE_HEAD.NORM", "BN"]
 QUICK_OVERRIDES = [
     "MODEL.RESNETS.DEPTH", "18",
@@ -48,7 +46,7 @@ QUICK_OVERRIDES = [
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argument_parser("car", __doc__)
     parser.add_argument("--quick", action="store_true", help="tiny R18 model at 64x64 (smoke test)")
     parser.add_argument("--size", type=int, default=0, help="square crop size (default 513, 64 with --quick)")
     parser.add_argument("--batch", type=int, default=2, help="images per iteration")
@@ -62,20 +60,7 @@ def parse_args(argv=None):
 
 def default_config():
     name = "nonlocal_r50_car.yaml" if "NonLocalHead" in DECODE_HEAD_REGISTRY else "fcn_r50_car.yaml"
-    return os.path.join(CONFIGS, name)
-
-
-def _rss_kib(field):
-    return int(re.search(rf"{field}:\s+(\d+)", open("/proc/self/status").read()).group(1))
-
-
-def pin_malloc_to_mmap():
-    """glibc: serve allocations >= 128 KiB by mmap and stop raising that threshold, so that a freed
-    tensor leaves the resident set (otherwise the heap keeps it and later peaks go unseen)."""
-    libc = ctypes.CDLL("libc.so.6")
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    libc.mallopt(m_mmap_threshold, 128 * 1024)
-    libc.mallopt(m_trim_threshold, 128 * 1024)
+    return str(CONFIGS / name)
 
 
 def make_batch(size, batch, num_classes, seed=0):
@@ -101,23 +86,19 @@ class _TrainingLoss(torch.nn.Module):
 
 
 def training_gflops(model, item):
-    from fvcore.nn import FlopCountAnalysis
-
-    count = FlopCountAnalysis(_TrainingLoss(model), (item["image"], item["sem_seg"]))
-    return count.unsupported_ops_warnings(False).uncalled_modules_warnings(False).total() / 1e9
+    return count_flops(_TrainingLoss(model), (item["image"], item["sem_seg"])).total() / 1e9
 
 
 def train_step(model, optimizer, batch):
-    """One iteration; returns (seconds, peak extra resident KiB during it)."""
-    open("/proc/self/clear_refs", "w").write("5")  # reset VmHWM to the current RSS
-    before = _rss_kib("VmRSS")
-    start = time.perf_counter()
-    optimizer.zero_grad(set_to_none=True)
-    losses = model(batch)
-    sum(losses.values()).backward()
-    optimizer.step()
-    seconds = time.perf_counter() - start
-    return seconds, _rss_kib("VmHWM") - before
+    """A callable running one iteration (forward, backward, SGD step)."""
+
+    def run():
+        optimizer.zero_grad(set_to_none=True)
+        losses = model(batch)
+        sum(losses.values()).backward()
+        optimizer.step()
+
+    return run
 
 
 def main(argv=None):
@@ -126,26 +107,25 @@ def main(argv=None):
     repeats = args.repeats or (3 if args.quick else 5)
     config = args.config_file or default_config()
     common = CPU_OVERRIDES + (QUICK_OVERRIDES if args.quick else []) + list(args.opts)
-    pin_malloc_to_mmap()
+    meter = PeakMemory(mmap_threshold=128 * 1024, trim_threshold=128 * 1024)
     models = {}
     for variant, extra in (("no_car", ["MODEL.REGULARIZERS.NAMES", "[]"]), ("car", [])):
         cfg = load_config(config, common + extra)
         torch.manual_seed(0)
         model = build_model(cfg).train()
         models[variant] = (model, torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9))
-    assert [type(r).__name__ for r in models["car"][0].regularizers] == ["CARRegularizer"], config
-    assert len(models["no_car"][0].regularizers) == 0
+    assert regularizer_names(models["car"][0]) == ["CARRegularizer"], config
+    assert regularizer_names(models["no_car"][0]) == []
     batch = make_batch(size, args.batch, cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES)
     gflops = {v: training_gflops(m, batch[0]) for v, (m, _) in models.items()}
     times, memory = {v: [] for v in models}, {v: [] for v in models}
-    for i in range(args.warmup + repeats):
-        order = list(models) if i % 2 == 0 else list(models)[::-1]
+    for i, order, measured in interleave(models, repeats, args.warmup):
         for variant in order:
             torch.manual_seed(i)  # same dropout masks for both models
-            seconds, kib = train_step(*models[variant], batch)
-            if i >= args.warmup:
+            seconds, peak = meter.measure(train_step(*models[variant], batch))
+            if measured:
                 times[variant].append(seconds)
-                memory[variant].append(kib)
+                memory[variant].append(peak)
     med_t = {v: statistics.median(t) for v, t in times.items()}
     med_m = {v: statistics.median(m) for v, m in memory.items()}
     result = {
@@ -158,9 +138,9 @@ def main(argv=None):
         "repeats": repeats,
         "threads": torch.get_num_threads(),
         "seconds_per_iter": times,
-        "peak_extra_mib": {v: [k / 1024 for k in m] for v, m in memory.items()},
+        "peak_extra_mib": {v: [b / 2**20 for b in m] for v, m in memory.items()},
         "median_seconds": med_t,
-        "median_peak_extra_mib": {v: m / 1024 for v, m in med_m.items()},
+        "median_peak_extra_mib": {v: m / 2**20 for v, m in med_m.items()},
         "train_forward_gflops_per_image": gflops,
         "flops_ratio": gflops["car"] / gflops["no_car"],
         "time_ratio": med_t["car"] / med_t["no_car"],
@@ -171,16 +151,10 @@ def main(argv=None):
         f"{result['threads']} threads\n"
         f"  iteration time  no CAR {med_t['no_car']:.3f} s   CAR {med_t['car']:.3f} s   "
         f"ratio {result['time_ratio']:.4f}\n"
-        f"  peak memory     no CAR {med_m['no_car'] / 1024:.1f} MiB   CAR {med_m['car'] / 1024:.1f} MiB   "
+        f"  peak memory     no CAR {med_m['no_car'] / 2**20:.1f} MiB   CAR {med_m['car'] / 2**20:.1f} MiB   "
         f"ratio {result['memory_ratio']:.4f}\n"
         f"  train FLOPs/img no CAR {gflops['no_car']:.3f} G   CAR {gflops['car']:.3f} G   "
         f"ratio {result['flops_ratio']:.4f}"
     )
-    if args.output:
-        with open(args.output, "w") as f:
-            json.dump(result, f, indent=2)
+    write_json(args.output, result)
     return result
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

@@ -1,11 +1,10 @@
-#!/usr/bin/env python
 """
 Parameters and FLOPs at 512x512 of the backbones the papers use, built from configs/backbones,
 next to the numbers the papers / timm report for the ImageNet classification models.
 
-    python tools/benchmark_backbones.py            # every variant (builds Swin-L, ConvNeXt-L, B7: slow on CPU)
-    python tools/benchmark_backbones.py --quick    # MobileNetV2, ResNet-50-D, HRNet-W18, Swin-T
-    python tools/benchmark_backbones.py --variants Swin-B HRNet-W48
+    python -m segcls.benchmarks backbones            # every variant (builds Swin-L, ConvNeXt-L, B7: slow on CPU)
+    python -m segcls.benchmarks backbones --quick    # MobileNetV2, ResNet-50-D, HRNet-W18, Swin-T
+    python -m segcls.benchmarks backbones --variants Swin-B HRNet-W48
 
 Columns:
 - "params": the segcls backbone (timm ``features_only``: no classifier, no classification head
@@ -19,22 +18,20 @@ Columns:
   EfficientNet's 1x1 conv_head and HRNet's incre/downsample layers, are not in the backbone;
   Swin pads 128x128 stage-1 maps to multiples of its window).
 """
-import argparse
 import logging
-import os
 import time
 from typing import NamedTuple, Optional, Sequence, Tuple
 
 import timm
 import torch
 from detectron2.modeling import build_backbone
-from fvcore.nn import FlopCountAnalysis
 from tabulate import tabulate
 
 import segcls  # noqa: F401  (registers the backbones)
 from segcls.engine.defaults import load_config
 
-CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "backbones")
+from . import CONFIGS, argument_parser
+from .measure import count_flops
 
 
 class Reference(NamedTuple):
@@ -75,7 +72,7 @@ QUICK = ("MobileNetV2", "ResNet-50-D", "HRNet-W18", "Swin-T")
 
 
 def _cfg(variant: Variant, output_stride: int):
-    path = os.path.join(CONFIGS, variant.config) if variant.config else ""
+    path = str(CONFIGS / "backbones" / variant.config) if variant.config else ""
     key = "MODEL.RESNETS.OUTPUT_STRIDE" if not variant.config else "MODEL.TIMM.OUTPUT_STRIDE"
     return load_config(path, list(variant.opts) + [key, str(output_stride)])
 
@@ -99,8 +96,7 @@ def measure(variant: Variant, size: int, output_strides: Sequence[int]):
         row.setdefault("cls model params (M)", _classifier_params_m(cfg))
         start = time.perf_counter()
         with torch.no_grad():
-            flops = FlopCountAnalysis(backbone, torch.zeros(1, 3, size, size))
-            flops.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+            flops = count_flops(backbone, (torch.zeros(1, 3, size, size),))
             row[f"GMACs@{size} OS{output_stride}"] = flops.total() / 1e9
         logging.info(f"{variant.label} OS{output_stride}: {time.perf_counter() - start:.1f}s")
     ref = variant.ref
@@ -113,7 +109,7 @@ def measure(variant: Variant, size: int, output_strides: Sequence[int]):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argument_parser("backbones", __doc__)
     parser.add_argument("--quick", action="store_true", help=f"only {', '.join(QUICK)}")
     parser.add_argument("--variants", nargs="+", help="labels to run (see VARIANTS)")
     parser.add_argument("--size", type=int, default=512, help="square input size (default 512)")
@@ -133,7 +129,4 @@ def main(argv=None):
     columns += [f"GMACs@{args.size} OS8", "ref params (M)", "ref GMACs @res", f"ref scaled to {args.size}", "source"]
     table = [[row.get(c) for c in columns] for row in rows]
     print(tabulate(table, headers=columns, floatfmt=".2f", missingval="-", tablefmt="github"))
-
-
-if __name__ == "__main__":
-    main()
+    return rows

@@ -1,0 +1,4 @@
+"""``python -m segcls.benchmarks NAME [options]``: see :mod:`segcls.benchmarks`."""
+from . import main
+
+main()
