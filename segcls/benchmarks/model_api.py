@@ -1,7 +1,8 @@
 """
 Every place where the benchmarks reach into segcls models beyond their public ``list[dict]``
-forward (``model(inputs)``): the prediction tensor of ``predict``, ``resize``, the decode head's
-and classifier's output dicts, the regularizers and CAC's parameter names. Kept here, together,
+forward (``model(inputs)``): ``predict``'s :class:`~segcls.modeling.outputs.SegOutputs`, the
+inference resize, the decode head's and classifier's outputs, the regularizers and CAC's
+parameter names. Kept here, together,
 so that a change of the model API is adapted in one file.
 """
 from typing import List, Sequence
@@ -9,13 +10,15 @@ from typing import List, Sequence
 import torch
 from torch import nn
 
+from segcls.modeling.layers import resize
+
 # CAC's two projectors: the only parameters ContextAwareClassifier adds to LinearClassifier.
 CAC_PROJECTOR_PREFIX = "classifier.theta_"
 
 
 def logits_at_input_size(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The segmentor's logits for the normalised batch ``x`` (N, 3, H, W), resized to (H, W)."""
-    return model.resize(model.predict(x)["pred"], x.shape[-2:])
+    return resize(model.predict(x).logits, x.shape[-2:], model.inferencer.align_corners)
 
 
 def regularizer_names(model: nn.Module) -> List[str]:
@@ -42,4 +45,4 @@ class HeadAndClassifier(nn.Module):
 
     def forward(self, *features):
         out = self.head(dict(zip(self.names, features)))
-        return self.classifier(out["pixel_feature"])["pred"]
+        return self.classifier(out.pixel_feature).logits
