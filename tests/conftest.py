@@ -1,9 +1,9 @@
-"""Shared fixtures; the helpers themselves live in segcls.utils.testing."""
+"""Shared fixtures; the helpers themselves live in tests/helpers.py (importable as `helpers`)."""
 import pytest
 import torch
 
 import segcls  # noqa: F401  (registers everything)
-from segcls.utils.testing import register_tiny_dataset
+from helpers import register_tiny_dataset
 
 # One intra-op thread: the tiny models gain nothing from more, and CI machines have 2 cores.
 torch.set_num_threads(1)

@@ -11,7 +11,7 @@ from segcls.data.datasets import DatasetNotFoundError, load_sem_seg
 from segcls.data.datasets.ade20k import register_ade20k
 from detectron2.data import DatasetCatalog
 from segcls.engine import Trainer
-from segcls.utils.testing import register_tiny_dataset, tiny_config
+from helpers import register_tiny_dataset, tiny_config
 
 
 def _mapper(is_train=False, num_classes=3):

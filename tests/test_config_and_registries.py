@@ -17,7 +17,7 @@ from segcls.modeling import (
     PIXEL_LOSS_REGISTRY,
     REGULARIZER_REGISTRY,
 )
-from segcls.utils.testing import TINY_MODEL
+from helpers import TINY_MODEL
 
 REPO = os.path.join(os.path.dirname(__file__), "..")
 

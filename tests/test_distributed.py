@@ -7,7 +7,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import MetadataCatalog
 
 from segcls.engine import Trainer, launch
-from segcls.utils.testing import register_dirs, register_tiny_dataset, tiny_config
+from helpers import register_dirs, register_tiny_dataset, tiny_config
 
 
 def _worker(cfg, name, image_dir, label_dir):

@@ -5,7 +5,7 @@ padding to the size divisibility and logit upsampling are exercised).
 """
 import pytest
 import torch
-from segcls.utils.testing import TINY_MODEL
+from helpers import TINY_MODEL
 from detectron2.modeling import build_model
 from torch import nn
 

@@ -5,7 +5,7 @@ from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
 from segcls.engine import load_config
-from segcls.utils.testing import TINY_MODEL
+from helpers import TINY_MODEL
 
 
 def _model(*opts, num_classes=5):

@@ -8,7 +8,7 @@ from detectron2.engine import HookBase
 from detectron2.utils.events import EventStorage
 
 from segcls.engine import Trainer
-from segcls.utils.testing import tiny_config
+from helpers import tiny_config
 
 
 class _Interrupted(Exception):

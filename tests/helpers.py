@@ -1,14 +1,15 @@
 """
-Helpers for tests and quick experiments (detectron2 keeps the same in ``detectron2.utils.testing``):
-tiny on-disk datasets and tiny model configs, so a test trains and evaluates in seconds on CPU.
+Helpers for the tests: tiny on-disk datasets and tiny model configs, so a test trains and evaluates
+in seconds on CPU. Not part of the installed package (tests import it as ``helpers``; the
+directory of ``tests/conftest.py`` is on ``sys.path`` under pytest).
 """
 import os
 
 import numpy as np
 from PIL import Image
 
-from ..data.datasets import register_sem_seg
-from ..engine import load_config
+from segcls.data.datasets import register_sem_seg
+from segcls.engine import load_config
 
 TINY_MODEL = [
     "MODEL.DEVICE", "cpu",
