@@ -3,25 +3,35 @@ Registries of segcls's pluggable pieces. A research fork adds its own piece with
 (``@DECODE_HEAD_REGISTRY.register()``) in its own package and selects it by class name from yaml;
 nothing in ``segcls/`` needs to change.
 
-Contracts (all tensors are NCHW unless said otherwise; ``K`` = number of classes):
+Contracts (all tensors are NCHW unless said otherwise; ``K`` = number of classes). Heads and
+classifiers return one typed value, :class:`~segcls.modeling.outputs.SegOutputs` (pixel feature,
+regularizer features, named predictions each with its own loss spec, ready-made loss terms):
 
 - ``DECODE_HEAD_REGISTRY``: ``build(cfg, input_shape: Dict[str, ShapeSpec], prefix) -> nn.Module``
-  whose ``forward(features: Dict[str, Tensor], targets: Optional[Tensor]) -> Dict[str, Tensor]``
-  returns at least ``"pixel_feature"`` (N, C, h, w), the feature that feeds the classifier.
-  It must expose ``out_channels`` (C) and ``out_stride`` (input size / h).
-  Optional extra keys: ``"reg_feature"`` (the feature a regularizer sees; defaults to
-  ``"pixel_feature"``), ``"pred_<name>"`` (N, K', h', w') logits that get the head's pixel losses,
-  ``"loss_<name>"`` scalars added to the loss dict as they are.
+  whose ``forward(features: Dict[str, Tensor], targets: Optional[Tensor (N, H, W)]) -> SegOutputs``
+  sets ``pixel_feature`` (N, C, h, w), the feature that feeds the classifier, and optionally
+  ``reg_features`` (``"reg_feature"``: the feature a regularizer sees; defaults to the pixel
+  feature), extra ``predictions`` (e.g. DANet's ``"pam"``/``"cam"``, OCR's ``"ocr_coarse"``, each a
+  :class:`~segcls.modeling.outputs.Prediction` whose ``loss`` is a
+  :class:`~segcls.modeling.losses.PixelLossSet`) and ready-made ``losses`` (``"loss_<name>"``
+  scalars, e.g. CPNet's affinity loss). It must expose ``out_channels`` (C) and ``out_stride``
+  (input size / h). ``prefix`` is ``MODEL.DECODE_HEAD`` or ``MODEL.AUX_HEAD``.
 - ``CLASSIFIER_REGISTRY``: ``build(cfg, in_channels, num_classes) -> nn.Module`` whose
-  ``forward(x: Tensor (N, C, h, w), targets: Optional[Tensor (N, H, W)]) -> Dict[str, Tensor]``
-  returns ``"pred"`` (N, K, h, w) logits (the prediction used at inference), and in training
-  optionally further ``"pred_<name>"`` logits and ``"loss_<name>"`` scalars (as for heads).
-- ``PIXEL_LOSS_REGISTRY``: ``build(cfg, ignore_value) -> nn.Module`` whose
+  ``forward(x: Tensor (N, C, h, w), targets: Optional[Tensor (N, H, W)]) -> SegOutputs`` returns the
+  main prediction (``outputs.MAIN``: (N, K, h, w) logits, the one used at inference) and, in
+  training, optionally further predictions with their own loss specs and ready-made losses (CAC:
+  ``"static"``, ``"oracle"``, ``"loss_cac_kl"``).
+- ``PIXEL_LOSS_REGISTRY``: ``build(cfg, ignore_value) -> nn.Module`` with a ``name`` attribute and
   ``forward(logits: Tensor (N, K, H, W), targets: Tensor (N, H, W) long) -> Tensor scalar``.
-  Logits arrive already resized to the label size.
+  Logits arrive already resized to the label size by the prediction's ``PixelLossSet``.
 - ``REGULARIZER_REGISTRY``: ``build(cfg, in_channels, num_classes) -> nn.Module`` whose
-  ``forward(head_outputs: Dict[str, Tensor], targets: Tensor (N, H, W)) -> Dict[str, Tensor]``
-  returns ``"loss_<name>"`` scalars. Regularizers run in training only (e.g. CAR).
+  ``forward(outputs: SegOutputs, targets: Tensor (N, H, W)) -> Dict[str, Tensor]`` returns
+  ``"loss_<name>"`` scalars. Regularizers run in training only (e.g. CAR).
+
+One loss path (:class:`~segcls.modeling.losses.SegmentationLoss`) scores every prediction:
+``loss_<loss>`` for the main one, ``loss_<name>_<loss>`` for the prediction ``<name>``; a
+prediction without a loss spec gets the meta-architecture's (``MODEL.DECODE_HEAD.LOSSES``, for the
+auxiliary head ``MODEL.AUX_HEAD.LOSSES`` and the name prefix ``aux``).
 """
 from detectron2.utils.registry import Registry
 
