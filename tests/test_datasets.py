@@ -484,7 +484,7 @@ def test_photometric_distortion_respects_image_format():
 @pytest.mark.parametrize(
     "label, message",
     [
-        (np.full((H, W), 7, np.uint8), r"contains values \[7\]: expected class indices 0..3 or the ignore label 255"),
+        (np.full((H, W), 7, np.uint8), r"contains values \[7\]: expected class indices 0..3 or the ignore value 255"),
         (np.zeros((H + 1, W), np.uint8), r"is 32x25 \(WxH\) but its image is 32x24"),
         (np.zeros((H, W, 3), np.uint8), r"is a colour image \(mode RGB"),
     ],

@@ -88,25 +88,25 @@ def present_values(label):
     return np.unique(label)
 
 
-def read_label(path, num_classes, ignore_label, image_shape=None):
+def read_label(path, num_classes, ignore_value, image_shape=None):
     """
     Read a label PNG as stored (:func:`read_label_image`): (H, W) integer array, in its stored
-    dtype (widened if needed to hold ``ignore_label``). Raises :class:`LabelError` if it is not a
+    dtype (widened if needed to hold ``ignore_value``). Raises :class:`LabelError` if it is not a
     single-channel image, its size differs from ``image_shape`` (H, W), or it holds a value
-    outside ``[0, num_classes)`` that is not ``ignore_label``.
+    outside ``[0, num_classes)`` that is not ``ignore_value``.
     """
     label = read_label_image(path)
     if image_shape is not None and label.shape != tuple(image_shape):
         raise LabelError(f"label '{path}' is {label.shape[1]}x{label.shape[0]} (WxH) but its image is "
                          f"{image_shape[1]}x{image_shape[0]}")
     values = present_values(label)
-    bad = values[((values < 0) | (values >= num_classes)) & (values != ignore_label)]
+    bad = values[((values < 0) | (values >= num_classes)) & (values != ignore_value)]
     if bad.size:
         raise LabelError(
             f"label '{path}' contains values {bad.tolist()[:10]}: expected class indices 0..{num_classes - 1} "
-            f"or the ignore label {ignore_label} (MODEL.SEM_SEG_HEAD.NUM_CLASSES={num_classes})"
+            f"or the ignore value {ignore_value} (MODEL.SEM_SEG_HEAD.NUM_CLASSES={num_classes})"
         )
-    if np.iinfo(label.dtype).max < ignore_label:
+    if np.iinfo(label.dtype).max < ignore_value:
         label = label.astype(np.int32)
     return label
 
@@ -124,15 +124,15 @@ def rescale_size(height, width, base_size, ratio):
     return max(int(height * scale + 0.5), 1), max(int(width * scale + 0.5), 1)
 
 
-def _category_counts(crop, ignore_label):
+def _category_counts(crop, ignore_value):
     """Pixel counts of the categories present in ``crop`` (a non-negative integer array), ignore excluded."""
     counts = np.bincount(crop.ravel())
-    if ignore_label < len(counts):
-        counts[ignore_label] = 0
+    if ignore_value < len(counts):
+        counts[ignore_value] = 0
     return counts[counts > 0]
 
 
-def random_crop_box(label, crop_size, cat_max_ratio, ignore_label, rng, max_tries=10):
+def random_crop_box(label, crop_size, cat_max_ratio, ignore_value, rng, max_tries=10):
     """
     Pick a crop (y0, x0, h, w) of at most ``crop_size`` = (h, w); with ``cat_max_ratio < 1``
     retry (up to ``max_tries``, like mmsegmentation and detectron2's DeepLab) until the most
@@ -146,7 +146,7 @@ def random_crop_box(label, crop_size, cat_max_ratio, ignore_label, rng, max_trie
         x0 = int(rng.integers(0, width - cw + 1))
         if cat_max_ratio >= 1.0:
             break
-        counts = _category_counts(label[y0 : y0 + ch, x0 : x0 + cw], ignore_label)
+        counts = _category_counts(label[y0 : y0 + ch, x0 : x0 + cw], ignore_value)
         if len(counts) > 1 and counts.max() / counts.sum() < cat_max_ratio:
             break
     return y0, x0, ch, cw
@@ -207,7 +207,7 @@ class SemSegDatasetMapper:
         *,
         image_format: str = "RGB",
         num_classes: int,
-        ignore_label: int = 255,
+        ignore_value: int = 255,
         base_size: List[int] = (),
         ratio_range=(0.5, 2.0),
         test_resize: bool = False,
@@ -219,7 +219,7 @@ class SemSegDatasetMapper:
         self.is_train = is_train
         self.image_format = image_format
         self.num_classes = num_classes
-        self.ignore_label = ignore_label
+        self.ignore_value = ignore_value
         self.base_size = list(base_size)
         self.ratio_range = tuple(ratio_range)
         self.test_resize = test_resize
@@ -238,7 +238,7 @@ class SemSegDatasetMapper:
             "is_train": is_train,
             "image_format": cfg.INPUT.FORMAT,
             "num_classes": cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
-            "ignore_label": cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
+            "ignore_value": cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
             "base_size": cfg.INPUT.BASE_SIZE,
             "ratio_range": cfg.INPUT.RATIO_RANGE,
             "test_resize": cfg.INPUT.TEST_RESIZE,
@@ -256,7 +256,7 @@ class SemSegDatasetMapper:
         height, width = image.shape[:2]
         label = None
         if "sem_seg_file_name" in dataset_dict:
-            label = read_label(dataset_dict["sem_seg_file_name"], self.num_classes, self.ignore_label, (height, width))
+            label = read_label(dataset_dict["sem_seg_file_name"], self.num_classes, self.ignore_value, (height, width))
         if self.is_train:
             if label is None:
                 raise ValueError(f"training record for '{dataset_dict['file_name']}' has no 'sem_seg_file_name'")
@@ -276,7 +276,7 @@ class SemSegDatasetMapper:
             image = cv2.resize(image, (w, h), interpolation=cv2.INTER_LINEAR)
             label = cv2.resize(label, (w, h), interpolation=cv2.INTER_NEAREST)
         if self.crop_size:
-            y0, x0, ch, cw = random_crop_box(label, self.crop_size, self.cat_max_ratio, self.ignore_label, rng)
+            y0, x0, ch, cw = random_crop_box(label, self.crop_size, self.cat_max_ratio, self.ignore_value, rng)
             image, label = image[y0 : y0 + ch, x0 : x0 + cw], label[y0 : y0 + ch, x0 : x0 + cw]
         if self.flip and rng.random() < 0.5:
             image, label = image[:, ::-1], label[:, ::-1]
@@ -286,5 +286,5 @@ class SemSegDatasetMapper:
             ph, pw = self.crop_size[0] - image.shape[0], self.crop_size[1] - image.shape[1]
             if ph > 0 or pw > 0:
                 image = np.pad(image, ((0, max(ph, 0)), (0, max(pw, 0)), (0, 0)), constant_values=0)
-                label = np.pad(label, ((0, max(ph, 0)), (0, max(pw, 0))), constant_values=self.ignore_label)
+                label = np.pad(label, ((0, max(ph, 0)), (0, max(pw, 0))), constant_values=self.ignore_value)
         return image, label
