@@ -107,6 +107,16 @@ def softmax(values):
     return [v / s for v in e]
 
 
+def ref_inputs(x, labels, pooling_rate, frozen):
+    """The pooled feature, the feature the stop-gradient centers come from (default x.detach())
+    and the labels resized to the feature grid."""
+    if pooling_rate > 1:
+        x = ref_pool(x, pooling_rate)
+        frozen = None if frozen is None else ref_pool(frozen, pooling_rate)
+    frozen = x.detach() if frozen is None else frozen
+    return x, frozen, ref_resize(labels, x.shape[2], x.shape[3])
+
+
 def reference_losses(x, labels, K, eps0=0.5, eps1=0.25, per_image=False, pooling_rate=1, frozen=None):
     """
     The three CAR losses, one scalar operation at a time. ``frozen``: the feature the centers
@@ -114,12 +124,8 @@ def reference_losses(x, labels, K, eps0=0.5, eps1=0.25, per_image=False, pooling
     ``x.detach()`` (the specified stop-gradients). ``frozen=x`` gives the same values with no
     stop-gradient at all (used to show the gradient tests can fail).
     """
-    if pooling_rate > 1:
-        x = ref_pool(x, pooling_rate)
-        frozen = None if frozen is None else ref_pool(frozen, pooling_rate)
-    frozen = x.detach() if frozen is None else frozen
+    x, frozen, lab = ref_inputs(x, labels, pooling_rate, frozen)
     N, C, h, w = x.shape
-    lab = ref_resize(labels, h, w)
     mu_q = ref_centers(x, lab, K, per_image)
     mu_c = ref_centers(frozen, lab, K, per_image)
     g = (lambda n: n) if per_image else (lambda n: 0)
@@ -319,12 +325,8 @@ def ref_intra_remove_max(x, labels, K, per_image=False, pooling_rate=1, frozen=N
     |center - x| one element at a time, each (n, c) list of the P values literally sorted, the last
     (largest) dropped, the mean over N * C * (P - 1) (ignored pixels' zeros included), squared,
     floored. ``frozen`` as in :func:`reference_losses`."""
-    if pooling_rate > 1:
-        x = ref_pool(x, pooling_rate)
-        frozen = None if frozen is None else ref_pool(frozen, pooling_rate)
-    frozen = x.detach() if frozen is None else frozen
+    x, frozen, lab = ref_inputs(x, labels, pooling_rate, frozen)
     N, C, h, w = x.shape
-    lab = ref_resize(labels, h, w)
     mu = ref_centers(frozen, lab, K, per_image)
     g = (lambda n: n) if per_image else (lambda n: 0)
     total = 0.0
