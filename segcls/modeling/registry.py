@@ -6,21 +6,22 @@ nothing in ``segcls/`` needs to change.
 Contracts (all tensors are NCHW unless said otherwise; ``K`` = number of classes):
 
 - ``DECODE_HEAD_REGISTRY``: ``build(cfg, input_shape: Dict[str, ShapeSpec], prefix) -> nn.Module``
-  whose ``forward(features: Dict[str, Tensor], targets: Optional[Tensor]) -> Dict[str, Tensor]``
-  returns at least ``"pixel_feature"`` (N, C, h, w), the feature that feeds the classifier.
-  It must expose ``out_channels`` (C) and ``out_stride`` (input size / h).
-  Optional extra keys: ``"reg_feature"`` (the feature a regularizer sees; defaults to
-  ``"pixel_feature"``), ``"pred_<name>"`` (N, K', h', w') logits that get the head's pixel losses,
-  ``"loss_<name>"`` scalars added to the loss dict as they are.
+  whose ``forward(features: Dict[str, Tensor], targets: Optional[Tensor]) ->``
+  :class:`~segcls.modeling.outputs.SegOutputs` sets at least ``pixel_feature`` (N, C, h, w), the
+  feature that feeds the classifier, and optionally regularizer features, extra predictions with
+  their loss specs and ready-made losses (see :mod:`segcls.modeling.outputs`). It must expose
+  ``out_channels`` (C) and ``out_stride`` (input size / h); segcls's heads derive from
+  :class:`~segcls.modeling.heads.base.DecodeHead`, and their config keys are declared with
+  :func:`~segcls.modeling.heads.config.head_keys`.
 - ``CLASSIFIER_REGISTRY``: ``build(cfg, in_channels, num_classes) -> nn.Module`` whose
-  ``forward(x: Tensor (N, C, h, w), targets: Optional[Tensor (N, H, W)]) -> Dict[str, Tensor]``
-  returns ``"pred"`` (N, K, h, w) logits (the prediction used at inference), and in training
-  optionally further ``"pred_<name>"`` logits and ``"loss_<name>"`` scalars (as for heads).
+  ``forward(x: Tensor (N, C, h, w), targets: Optional[Tensor (N, H, W)]) -> SegOutputs`` has the
+  ``MAIN`` prediction (N, K, h, w) logits (the one used at inference) and in training optionally
+  further predictions and ready-made losses (as for heads).
 - ``PIXEL_LOSS_REGISTRY``: ``build(cfg, ignore_value) -> nn.Module`` whose
   ``forward(logits: Tensor (N, K, H, W), targets: Tensor (N, H, W) long) -> Tensor scalar``.
   Logits arrive already resized to the label size.
 - ``REGULARIZER_REGISTRY``: ``build(cfg, in_channels, num_classes) -> nn.Module`` whose
-  ``forward(head_outputs: Dict[str, Tensor], targets: Tensor (N, H, W)) -> Dict[str, Tensor]``
+  ``forward(head_outputs: SegOutputs, targets: Tensor (N, H, W)) -> Dict[str, Tensor]``
   returns ``"loss_<name>"`` scalars. Regularizers run in training only (e.g. CAR).
 """
 from detectron2.utils.registry import Registry
@@ -41,7 +42,14 @@ REGULARIZER_REGISTRY.__doc__ = "Training-only feature regularizers (e.g. CAR)."
 
 
 def build_decode_head(cfg, input_shape, prefix="MODEL.DECODE_HEAD"):
-    """Build the decode head named by ``<prefix>.NAME`` (``prefix`` selects main or auxiliary)."""
+    """Build the decode head named by ``<prefix>.NAME`` (``prefix`` selects main or auxiliary), after
+    checking that no key of the node that this head does not read is set (and, for the main head,
+    no dead ``MODEL.SEM_SEG_HEAD`` key)."""
+    from .heads.config import validate_head_node, validate_sem_seg_head
+
+    if prefix == "MODEL.DECODE_HEAD":
+        validate_sem_seg_head(cfg)
+    validate_head_node(cfg, prefix)
     return DECODE_HEAD_REGISTRY.get(get_config_node(cfg, prefix).NAME)(cfg, input_shape, prefix=prefix)
 
 
