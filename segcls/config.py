@@ -4,8 +4,11 @@ default and meaning, to a detectron2 ``CfgNode``. Keys detectron2 already define
 detectron2 meaning; their segcls defaults are set here and documented.
 
 Method-specific keys (CAR, CAC, ...) live next to the method, in a ``add_<method>_config(cfg)``
-of its module, and are called from here, so the whole tree is always known to the config parser
-(an unknown key in a yaml or on the command line is an error naming the key).
+of its module; the head nodes are declared by ``segcls.modeling.heads.config.add_head_config``
+from every head's own declaration (in the head's file). All are called from here, so the whole
+tree is always known to the config parser (an unknown key in a yaml or on the command line is an
+error naming the key). ``segcls.engine.load_config`` also rejects keys that nothing reads (see
+``segcls.modeling.heads.config.validate_head_config``).
 """
 import torch
 from detectron2.config import CfgNode as CN
@@ -13,19 +16,13 @@ from detectron2.config import CfgNode as CN
 from .modeling.backbone.timm_backbone import add_timm_backbone_config
 from .modeling.classifiers.context_aware import add_cac_config
 from .modeling.ecenet.config import add_ecenet_config
-from .modeling.heads.aspp import add_aspp_config
-from .modeling.heads.attention import add_context_heads_config
-from .modeling.heads.caa import add_caa_config
-from .modeling.heads.psp import add_ppm_config
+from .modeling.heads.config import add_head_config  # importing segcls.modeling.heads registers the heads' keys
 from .modeling.losses.config import add_pixel_loss_config
 from .modeling.regularizers.car import add_car_config
 
 _MODULE_CONFIGS = (
-    add_context_heads_config,
+    add_head_config,
     add_pixel_loss_config,
-    add_aspp_config,
-    add_ppm_config,
-    add_caa_config,
     add_timm_backbone_config,
     add_ecenet_config,
     add_cac_config,
@@ -69,47 +66,9 @@ def add_segcls_config(cfg):
     # [1, 2, 4]); [] = off.
     cfg.MODEL.RESNETS.RES5_MULTI_GRID = []
 
-    # Decode head (DECODE_HEAD_REGISTRY). FCNHead: NUM_CONVS x (conv KERNEL_SIZE -> norm -> ReLU)
-    # on IN_FEATURES[-1], as torchvision's and mmsegmentation's FCN heads.
-    cfg.MODEL.DECODE_HEAD = CN()
-    cfg.MODEL.DECODE_HEAD.NAME = "FCNHead"
-    cfg.MODEL.DECODE_HEAD.IN_FEATURES = ["res5"]
-    cfg.MODEL.DECODE_HEAD.CHANNELS = 512
-    cfg.MODEL.DECODE_HEAD.NUM_CONVS = 1
-    cfg.MODEL.DECODE_HEAD.KERNEL_SIZE = 3
-    cfg.MODEL.DECODE_HEAD.NORM = "BN"
-    # FCN only: concatenate the head input with the conv output before the classifier (mmseg's
-    # concat_input).
-    cfg.MODEL.DECODE_HEAD.CONCAT_INPUT = False
-    # The head's last block (segcls.modeling.heads.tail.HeadTail), where plug-ins attach:
-    # LAST_CONV_KERNEL 3 = the usual last 3x3 conv-BN-ReLU; 1 = CAR's architecture change "A"
-    # (CAR Sec. 4.2.1, Fig. 3B). REG_PROJECTION inserts before it a 1x1 conv with bias and no
-    # norm/activation whose output ("reg_feature", REG_PROJECTION_CHANNELS channels, 0 =
-    # min(C_in, 512)) is the feature that regularizers such as CAR act on.
-    cfg.MODEL.DECODE_HEAD.LAST_CONV_KERNEL = 3
-    cfg.MODEL.DECODE_HEAD.REG_PROJECTION = False
-    cfg.MODEL.DECODE_HEAD.REG_PROJECTION_CHANNELS = 0
-    # Pixel losses of the main prediction (PIXEL_LOSS_REGISTRY), summed with these weights.
-    cfg.MODEL.DECODE_HEAD.LOSSES = ["CrossEntropyLoss"]
-    cfg.MODEL.DECODE_HEAD.LOSS_WEIGHTS = [1.0]
-
-    # Auxiliary head on an intermediate feature (deep supervision, PSPNet-style), training only.
-    # Built like the decode head with its own keys; its classifier is always a plain 1x1 conv.
-    cfg.MODEL.AUX_HEAD = CN()
-    cfg.MODEL.AUX_HEAD.ENABLED = False
-    cfg.MODEL.AUX_HEAD.NAME = "FCNHead"
-    cfg.MODEL.AUX_HEAD.IN_FEATURES = ["res4"]
-    cfg.MODEL.AUX_HEAD.CHANNELS = 256
-    cfg.MODEL.AUX_HEAD.NUM_CONVS = 1
-    cfg.MODEL.AUX_HEAD.KERNEL_SIZE = 3
-    cfg.MODEL.AUX_HEAD.NORM = "BN"
-    cfg.MODEL.AUX_HEAD.CONCAT_INPUT = False
-    cfg.MODEL.AUX_HEAD.LAST_CONV_KERNEL = 3
-    cfg.MODEL.AUX_HEAD.REG_PROJECTION = False
-    cfg.MODEL.AUX_HEAD.REG_PROJECTION_CHANNELS = 0
-    cfg.MODEL.AUX_HEAD.DROPOUT = 0.1
-    cfg.MODEL.AUX_HEAD.LOSSES = ["CrossEntropyLoss"]
-    cfg.MODEL.AUX_HEAD.LOSS_WEIGHTS = [0.4]
+    # Decode head and auxiliary head (MODEL.DECODE_HEAD, MODEL.AUX_HEAD; DECODE_HEAD_REGISTRY):
+    # one schema for both nodes, segcls.modeling.heads.config (common keys, auxiliary defaults),
+    # each head's own keys in the head's own file; added below with the module keys.
 
     # Classifier (CLASSIFIER_REGISTRY): "LinearClassifier" = dropout + 1x1 conv with bias.
     cfg.MODEL.CLASSIFIER = CN()
@@ -159,7 +118,7 @@ def add_segcls_config(cfg):
     # crop size. -1 = use the backbone's size_divisibility.
     cfg.INPUT.SIZE_DIVISIBILITY = -1
 
-    # Resumable, reproducible training sampler (see segcls.data.samplers).
+    # Resumable, reproducible training sampler (see segcls.data.build.ResumableTrainingSampler).
     cfg.DATALOADER.SAMPLER_TRAIN = "ResumableTrainingSampler"
     cfg.DATALOADER.NUM_WORKERS = 2
     cfg.DATALOADER.ASPECT_RATIO_GROUPING = False

@@ -28,17 +28,19 @@ TINY = [
     "MODEL.RESNETS.STEM_OUT_CHANNELS", "16",
     "MODEL.SEM_SEG_HEAD.NUM_CLASSES", str(NUM_CLASSES),
     "MODEL.DECODE_HEAD.CHANNELS", "16",
-    "MODEL.DECODE_HEAD.OCR.KEY_CHANNELS", "8",
-    "MODEL.DECODE_HEAD.OCR.COARSE_CHANNELS", "16",
-    "MODEL.DECODE_HEAD.CPNET.PRIOR_SIZE", "8",
-    "MODEL.DECODE_HEAD.CPNET.AGGREGATION_KERNEL", "3",
 ]  # fmt: skip
+# Each head's own small settings (a head's keys set while another head is selected are an error).
 HEADS = {
     "NonLocalHead": [],
     "DAHead": [],
     "CCHead": ["MODEL.DECODE_HEAD.CONCAT_INPUT", "True"],
-    "OCRHead": ["MODEL.DECODE_HEAD.IN_FEATURES", '["res4", "res5"]'],
-    "CPHead": [],
+    "OCRHead": ["MODEL.DECODE_HEAD.IN_FEATURES", '["res4", "res5"]',
+                "MODEL.DECODE_HEAD.OCR.KEY_CHANNELS", "8", "MODEL.DECODE_HEAD.OCR.COARSE_CHANNELS", "16"],
+    "CPHead": ["MODEL.DECODE_HEAD.CPNET.PRIOR_SIZE", "8", "MODEL.DECODE_HEAD.CPNET.AGGREGATION_KERNEL", "3"],
+}  # fmt: skip
+AUX_OPTS = {
+    "OCRHead": ["MODEL.AUX_HEAD.OCR.KEY_CHANNELS", "4", "MODEL.AUX_HEAD.OCR.COARSE_CHANNELS", "16"],
+    "CPHead": ["MODEL.AUX_HEAD.CPNET.PRIOR_SIZE", "4", "MODEL.AUX_HEAD.CPNET.AGGREGATION_KERNEL", "3"],
 }
 EXTRA_LOSSES = {
     "NonLocalHead": set(),
@@ -106,7 +108,7 @@ def test_shapes_train_and_eval(head, projection):
 @pytest.mark.parametrize("head", list(HEADS))
 def test_training_decreases_loss(head):
     torch.manual_seed(0)
-    cfg = tiny_cfg(head, "MODEL.DECODE_HEAD.CPNET.PRIOR_SIZE", "4")  # 32 / 8: the prior's own grid
+    cfg = tiny_cfg(head, *(["MODEL.DECODE_HEAD.CPNET.PRIOR_SIZE", "4"] if head == "CPHead" else []))  # 32 / 8: the prior's own grid
     model = build_model(cfg)
     model.train()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
@@ -124,7 +126,7 @@ def test_training_decreases_loss(head):
 @pytest.mark.parametrize("head", list(HEADS))
 def test_head_serves_as_auxiliary_head(head):
     opts = [*TINY, "MODEL.AUX_HEAD.ENABLED", "True", "MODEL.AUX_HEAD.NAME", head, "MODEL.AUX_HEAD.CHANNELS", "8"]
-    opts += ["MODEL.AUX_HEAD.OCR.KEY_CHANNELS", "4", "MODEL.AUX_HEAD.CPNET.PRIOR_SIZE", "4"]
+    opts += AUX_OPTS.get(head, [])
     model = build_model(load_config(opts=opts))
     assert type(model.aux_head).__name__ == head and model.aux_head.out_channels == 8
     model.train()

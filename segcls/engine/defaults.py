@@ -9,6 +9,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from ..config import add_segcls_config
+from ..modeling.heads.config import validate_sem_seg_head
 
 
 def default_argument_parser(epilog=None):
@@ -30,7 +31,10 @@ def load_config(config_file="", opts=(), add_config_fns=()):
     """
     A frozen-able segcls config: detectron2 defaults + ``add_segcls_config`` + each of
     ``add_config_fns`` (a fork's own ``add_*_config(cfg)``) + ``config_file`` + ``opts``.
-    An unknown key raises ``KeyError`` naming the key and the file (or the command line).
+    An unknown key raises ``KeyError`` naming the key and the file (or the command line); a key
+    that nothing reads (a ``MODEL.SEM_SEG_HEAD`` key other than NUM_CLASSES / IGNORE_VALUE, or a
+    head's own key while the node selects another head) raises ``ValueError`` naming it
+    (:func:`segcls.modeling.heads.config.validate_head_config`).
     """
     cfg = get_cfg()
     add_segcls_config(cfg)
@@ -47,6 +51,7 @@ def load_config(config_file="", opts=(), add_config_fns=()):
         cfg.merge_from_list(list(opts))
     except (KeyError, AssertionError) as e:  # yacs asserts "Non-existent key" in merge_from_list
         raise KeyError(f"command-line override: {e.args[0]} (not a detectron2/segcls config key)") from None
+    validate_sem_seg_head(cfg)
     return cfg
 
 

@@ -15,7 +15,9 @@ regularizer features, named predictions each with its own loss spec, ready-made 
   :class:`~segcls.modeling.outputs.Prediction` whose ``loss`` is a
   :class:`~segcls.modeling.losses.PixelLossSet`) and ready-made ``losses`` (``"loss_<name>"``
   scalars, e.g. CPNet's affinity loss). It must expose ``out_channels`` (C) and ``out_stride``
-  (input size / h). ``prefix`` is ``MODEL.DECODE_HEAD`` or ``MODEL.AUX_HEAD``.
+  (input size / h). ``prefix`` is ``MODEL.DECODE_HEAD`` or ``MODEL.AUX_HEAD``. segcls's heads
+  derive from :class:`~segcls.modeling.heads.base.DecodeHead`, and their config keys are
+  declared with :func:`~segcls.modeling.heads.config.head_keys` in the head's own file.
 - ``CLASSIFIER_REGISTRY``: ``build(cfg, in_channels, num_classes) -> nn.Module`` whose
   ``forward(x: Tensor (N, C, h, w), targets: Optional[Tensor (N, H, W)]) -> SegOutputs`` returns the
   main prediction (``outputs.MAIN``: (N, K, h, w) logits, the one used at inference) and, in
@@ -51,7 +53,14 @@ REGULARIZER_REGISTRY.__doc__ = "Training-only feature regularizers (e.g. CAR)."
 
 
 def build_decode_head(cfg, input_shape, prefix="MODEL.DECODE_HEAD"):
-    """Build the decode head named by ``<prefix>.NAME`` (``prefix`` selects main or auxiliary)."""
+    """Build the decode head named by ``<prefix>.NAME`` (``prefix`` selects main or auxiliary), after
+    checking that no key of the node that this head does not read is set (and, for the main head,
+    no dead ``MODEL.SEM_SEG_HEAD`` key)."""
+    from .heads.config import validate_head_node, validate_sem_seg_head
+
+    if prefix == "MODEL.DECODE_HEAD":
+        validate_sem_seg_head(cfg)
+    validate_head_node(cfg, prefix)
     return DECODE_HEAD_REGISTRY.get(get_config_node(cfg, prefix).NAME)(cfg, input_shape, prefix=prefix)
 
 

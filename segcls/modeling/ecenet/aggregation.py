@@ -11,7 +11,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ..heads.tail import conv_norm_act
+from ..layers import conv_norm_act
 from .fr import cheap_operation
 
 

@@ -22,9 +22,8 @@ import torch
 from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
 from torch import nn
-from torch.nn import functional as F
 
-from ..heads.tail import conv_norm_act
+from ..layers import conv_norm_act, resize
 from .aggregation import GhostShuffleAggregation
 from .ece import ExplicitClassExtraction, build_mask_head, ece_pool_size
 from .fr import FeatureReconstruction
@@ -132,11 +131,6 @@ class ECENetDecoder(nn.Module):
         """The ECE of use ``use`` (0: the first masks, k: the k-th SAU stage)."""
         return self.eces[0 if len(self.eces) == 1 else use]
 
-    def resize(self, x: torch.Tensor, size) -> torch.Tensor:
-        if x.shape[-2:] == size:
-            return x
-        return F.interpolate(x, size=size, mode="bilinear", align_corners=self.align_corners)
-
     def forward(self, features: Dict[str, torch.Tensor]) -> Dict[str, List[torch.Tensor]]:
         xs, diverse = [], []
         for i, name in enumerate(self.in_features):
@@ -154,7 +148,7 @@ class ECENetDecoder(nn.Module):
             masks.append(sim)
             embeddings.append(self.updaters[use - 1](self.ece(use)(sim), embeddings[-1]))  # Eqs. 8-10
         size = xs[0].shape[-2:]
-        cumulative = list(itertools.accumulate(self.resize(m, size) for m in masks))
+        cumulative = list(itertools.accumulate(resize(m, size, self.align_corners) for m in masks))
         class_logits = [self.class_head(g) for g in embeddings]
         probs = class_logits[-1].softmax(dim=-1)[..., :-1]
         pred = self.aggregation(enhanced) + torch.einsum("bqc,bqhw->bchw", probs, cumulative[-1].sigmoid())

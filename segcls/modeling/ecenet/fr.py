@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..heads.tail import conv_norm_act
+from ..layers import conv_norm_act
 
 SE_GATES = {"sigmoid": torch.sigmoid, "hard_sigmoid": F.hardsigmoid}
 

@@ -1,5 +1,8 @@
+from ..layers import conv_norm_act
+from .base import DecodeHead, input_feature
+from .config import add_head_config, head_keys, validate_head_config
+from .tail import HeadTail
 from .fcn import FCNHead
-from .tail import HeadTail, conv_norm_act
 from .cpnet import CPHead
 from .danet import DAHead
 from .ocr import OCRHead

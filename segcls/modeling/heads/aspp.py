@@ -6,17 +6,19 @@ built on one :class:`ASPP` module.
 from typing import Dict, Sequence
 
 import torch
-from detectron2.config import CfgNode as CN
 from detectron2.config import configurable
 from detectron2.layers import ShapeSpec, get_norm
 from torch import nn
 from torch.nn import functional as F
 
 from ...utils.config import get_config_node
+from ..layers import conv_norm_act, resize
 from ..outputs import SegOutputs
 from ..registry import DECODE_HEAD_REGISTRY
-from .blocks import ImagePooling, resize, separable_conv_norm_act
-from .tail import HeadTail, conv_norm_act
+from .base import DecodeHead, input_feature
+from .blocks import ImagePooling, separable_conv_norm_act
+from .config import head_keys
+from .tail import HeadTail
 
 # Default atrous rates by the stride of the ASPP input: DeepLabV3 Sec. 4.1 / thesis Sec. 2.3
 # ((6, 12, 18) at output stride 16, doubled at output stride 8).
@@ -24,42 +26,46 @@ _DEFAULT_RATES = {16: (6, 12, 18), 8: (12, 24, 36)}
 _MERGES = ("concat_project", "concat", "sum")
 
 
-def add_aspp_config(cfg):
+@head_keys("ASPP", used_by=("ASPPHead", "KSACHead", "DeepLabV3PlusHead"))
+def declare_aspp_keys(aspp):
     """
-    Keys of the DeepLab heads, under both ``MODEL.DECODE_HEAD`` and ``MODEL.AUX_HEAD`` (so each head
-    can also serve as the auxiliary head):
+    ``ASPP.*``, read by the DeepLab heads:
 
-    - ``ASPP.RATES``: atrous rates of the 3x3 branches. [] (default) = by the stride of the input
+    - ``RATES``: atrous rates of the 3x3 branches. [] (default) = by the stride of the input
       feature: (6, 12, 18) at 16 and (12, 24, 36) at 8 (DeepLabV3 Sec. 4.1; thesis Sec. 2.3). KSAC
       takes any list, e.g. (1, 6, 12, 18, 24) (thesis Table 2.2).
-    - ``ASPP.IMAGE_POOLING``: add the image-level branch (DeepLabV3 Sec. 3.3). Default True.
-    - ``ASPP.MERGE``: how the branches [1x1, atrous..., image pooling] meet:
+    - ``IMAGE_POOLING``: add the image-level branch (DeepLabV3 Sec. 3.3). Default True.
+    - ``MERGE``: how the branches [1x1, atrous..., image pooling] meet:
       ``"concat_project"`` (default; DeepLabV3 Sec. 3.3, torchvision, and the issue's reading of
       KSAC): concatenate -> 1x1 conv-norm-ReLU to CHANNELS -> dropout ``ASPP.DROPOUT``;
       ``"concat"`` (mmsegmentation's ASPPHead): concatenate only, the head's last conv fuses them;
       ``"sum"`` (KSAC's "sum everything, no projection" option): elementwise sum of all branches.
-    - ``ASPP.DROPOUT``: dropout after the projection of ``"concat_project"``. Default 0.1 (the
+    - ``DROPOUT``: dropout after the projection of ``"concat_project"``. Default 0.1 (the
       authors' DeepLab code, keep probability 0.9); torchvision's DeepLabV3 uses 0.5.
-    - ``ASPP.SEPARABLE``: depthwise-separable atrous branches and decoder convs (DeepLabV3+
+    - ``SEPARABLE``: depthwise-separable atrous branches and decoder convs (DeepLabV3+
       Sec. 3.2, mmsegmentation's ``DepthwiseSeparableASPPHead``). Default False. Not with KSAC.
-    - ``DEEPLABV3PLUS.ENCODER``: ``"ASPP"`` (default, DeepLabV3+) or ``"KSAC"`` (the thesis'
-      "KSAC + D", Table 2.1).
-    - ``DEEPLABV3PLUS.LOW_LEVEL_CHANNELS``: channels of the 1x1 projection of the stride-4 feature
+    """
+    aspp.RATES = []
+    aspp.IMAGE_POOLING = True
+    aspp.MERGE = "concat_project"
+    aspp.DROPOUT = 0.1
+    aspp.SEPARABLE = False
+
+
+@head_keys("DEEPLABV3PLUS", used_by=("DeepLabV3PlusHead",))
+def declare_deeplabv3plus_keys(dlv3p):
+    """
+    ``DEEPLABV3PLUS.*``:
+
+    - ``ENCODER``: ``"ASPP"`` (default, DeepLabV3+) or ``"KSAC"`` (the thesis' "KSAC + D", Table 2.1).
+    - ``LOW_LEVEL_CHANNELS``: channels of the 1x1 projection of the stride-4 feature
       (48, DeepLabV3+ Sec. 4.1).
-    - ``DEEPLABV3PLUS.NUM_CONVS``: 3x3 convs after the concatenation, the last one being the head's
+    - ``NUM_CONVS``: 3x3 convs after the concatenation, the last one being the head's
       last block (2, DeepLabV3+ Sec. 4.1).
     """
-    for node in (cfg.MODEL.DECODE_HEAD, cfg.MODEL.AUX_HEAD):
-        node.ASPP = CN()
-        node.ASPP.RATES = []
-        node.ASPP.IMAGE_POOLING = True
-        node.ASPP.MERGE = "concat_project"
-        node.ASPP.DROPOUT = 0.1
-        node.ASPP.SEPARABLE = False
-        node.DEEPLABV3PLUS = CN()
-        node.DEEPLABV3PLUS.ENCODER = "ASPP"
-        node.DEEPLABV3PLUS.LOW_LEVEL_CHANNELS = 48
-        node.DEEPLABV3PLUS.NUM_CONVS = 2
+    dlv3p.ENCODER = "ASPP"
+    dlv3p.LOW_LEVEL_CHANNELS = 48
+    dlv3p.NUM_CONVS = 2
 
 
 class SharedAtrousConv(nn.Module):
@@ -98,7 +104,7 @@ class ASPP(nn.Module):
     Branches, each with ``channels`` outputs: a 1x1 conv-norm-ReLU; the atrous part (ASPP: one
     3x3 conv-norm-ReLU per rate, dilation = padding = rate; KSAC: :class:`SharedAtrousConv`, whose
     output is already the sum over rates); the image-level branch (:class:`ImagePooling`).
-    They are merged by ``merge`` (see ``add_aspp_config``): ``"concat_project"``: concatenation ->
+    They are merged by ``merge`` (see :func:`declare_aspp_keys`): ``"concat_project"``: concatenation ->
     1x1 conv-norm-ReLU -> dropout; ``"concat"``: concatenation; ``"sum"``: elementwise sum.
 
     (N, in_channels, h, w) -> (N, out_channels, h, w), ``out_channels`` = ``channels`` except for
@@ -177,7 +183,7 @@ class ASPP(nn.Module):
 
 
 @DECODE_HEAD_REGISTRY.register()
-class ASPPHead(nn.Module):
+class ASPPHead(DecodeHead):
     """
     DeepLabV3 (Chen et al. 2017): :class:`ASPP` on ``IN_FEATURES[-1]``, then the :class:`HeadTail`
     (conv ``LAST_CONV_KERNEL`` -> norm -> ReLU to CHANNELS) before the classifier. With the default
@@ -192,24 +198,20 @@ class ASPPHead(nn.Module):
 
     @configurable
     def __init__(self, *, in_feature: str, in_stride: int, aspp: ASPP, tail: HeadTail):
-        super().__init__()
-        self.in_feature = in_feature
+        super().__init__(in_feature=in_feature, out_channels=tail.out_channels, out_stride=in_stride)
         self.aspp = aspp
         self.tail = tail
-        self.out_channels = tail.out_channels
-        self.out_stride = in_stride
 
     @classmethod
     def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec], prefix="MODEL.DECODE_HEAD"):
         node = get_config_node(cfg, prefix)
-        in_feature = node.IN_FEATURES[-1]
-        shape = input_shape[in_feature]
-        aspp = ASPP.from_node(node, shape.channels, shape.stride, cls.shared_kernel)
+        inputs = input_feature(node, input_shape)
+        aspp = ASPP.from_node(node, inputs["in_channels"], inputs["in_stride"], cls.shared_kernel)
         return {
-            "in_feature": in_feature,
-            "in_stride": shape.stride,
+            "in_feature": inputs["in_feature"],
+            "in_stride": inputs["in_stride"],
             "aspp": aspp,
-            "tail": HeadTail.from_node(node, aspp.out_channels, node.CHANNELS),
+            "tail": HeadTail.from_node(node, aspp.out_channels),
         }
 
     def forward(self, features: Dict[str, torch.Tensor], targets=None) -> SegOutputs:
@@ -230,7 +232,7 @@ class KSACHead(ASPPHead):
 
 
 @DECODE_HEAD_REGISTRY.register()
-class DeepLabV3PlusHead(nn.Module):
+class DeepLabV3PlusHead(DecodeHead):
     """
     DeepLabV3+ (Chen et al., ECCV 2018, Sec. 3.1 and Fig. 2): encoder :class:`ASPP` (or KSAC,
     ``DEEPLABV3PLUS.ENCODER``) on the deep feature ``IN_FEATURES[-1]``; decoder: the low-level
@@ -256,7 +258,7 @@ class DeepLabV3PlusHead(nn.Module):
         tail: HeadTail,
         align_corners: bool = False,
     ):
-        super().__init__()
+        super().__init__(out_channels=tail.out_channels, out_stride=low_stride)
         self.low_feature = low_feature
         self.high_feature = high_feature
         self.aspp = aspp
@@ -264,8 +266,6 @@ class DeepLabV3PlusHead(nn.Module):
         self.convs = convs
         self.tail = tail
         self.align_corners = align_corners
-        self.out_channels = tail.out_channels
-        self.out_stride = low_stride
 
     @classmethod
     def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec], prefix="MODEL.DECODE_HEAD"):
@@ -283,23 +283,21 @@ class DeepLabV3PlusHead(nn.Module):
         num_convs = node.DEEPLABV3PLUS.NUM_CONVS
         if num_convs < 1:
             raise ValueError(f"{prefix}.DEEPLABV3PLUS.NUM_CONVS={num_convs}: expected >= 1")
-        low, high = node.IN_FEATURES[0], node.IN_FEATURES[-1]
-        aspp = ASPP.from_node(
-            node, input_shape[high].channels, input_shape[high].stride, encoders[node.DEEPLABV3PLUS.ENCODER]
-        )
+        low, high = input_feature(node, input_shape, 0), input_feature(node, input_shape)
+        aspp = ASPP.from_node(node, high["in_channels"], high["in_stride"], encoders[node.DEEPLABV3PLUS.ENCODER])
         low_channels = node.DEEPLABV3PLUS.LOW_LEVEL_CHANNELS
         block = separable_conv_norm_act if node.ASPP.SEPARABLE else conv_norm_act
         concat_channels = aspp.out_channels + low_channels
         ch = node.CHANNELS
         convs = [block(concat_channels if i == 0 else ch, ch, 3, node.NORM) for i in range(num_convs - 1)]
         return {
-            "low_feature": low,
-            "high_feature": high,
-            "low_stride": input_shape[low].stride,
+            "low_feature": low["in_feature"],
+            "high_feature": high["in_feature"],
+            "low_stride": low["in_stride"],
             "aspp": aspp,
-            "low_project": conv_norm_act(input_shape[low].channels, low_channels, 1, node.NORM),
+            "low_project": conv_norm_act(low["in_channels"], low_channels, 1, node.NORM),
             "convs": nn.Sequential(*convs),
-            "tail": HeadTail.from_node(node, concat_channels if num_convs == 1 else ch, ch),
+            "tail": HeadTail.from_node(node, concat_channels if num_convs == 1 else ch),
             "align_corners": cfg.MODEL.ALIGN_CORNERS,
         }
 

@@ -1,5 +1,5 @@
 """
-Attention blocks shared by segcls's context heads, and the config keys of those heads.
+Attention blocks shared by segcls's context heads (each head's config keys are in its own file).
 
 Blocks (all map (N, C, h, w) -> (N, C, h, w) unless said otherwise):
 
@@ -9,68 +9,15 @@ Blocks (all map (N, C, h, w) -> (N, C, h, w) unless said otherwise):
 - :class:`PositionAttention`, :class:`ChannelAttention`: DANet's PAM and CAM (Fu et al., CVPR 2019);
 - :class:`CrissCrossAttention`: CCNet's recurrent criss-cross attention (Huang et al., ICCV 2019).
 
-Heads: :mod:`.nonlocal_head` (``NonLocalHead``), :mod:`.danet` (``DAHead``), :mod:`.ccnet`
-(``CCHead``), :mod:`.ocr` (``OCRHead``), :mod:`.cpnet` (``CPHead``).
+Heads: :mod:`.self_attention` (``NonLocalHead``, ``CCHead``), :mod:`.danet` (``DAHead``),
+:mod:`.ocr` (``OCRHead``); :mod:`.cpnet` (``CPHead``) uses none of these blocks.
 """
 import math
 
 import torch
-from detectron2.config import CfgNode as CN
 from torch import nn
 
-from .tail import conv_norm_act
-
-
-def add_context_heads_config(cfg):
-    """
-    Keys of NonLocalHead, DAHead, CCHead, OCRHead and CPHead. Each is added to both
-    ``MODEL.DECODE_HEAD`` and ``MODEL.AUX_HEAD``, so any of these heads can also serve as the
-    auxiliary head. The heads also use their node's common keys (IN_FEATURES, CHANNELS, NORM,
-    LAST_CONV_KERNEL, REG_PROJECTION*, LOSSES, LOSS_WEIGHTS; CONCAT_INPUT for NonLocal/CC).
-    """
-    for node in (cfg.MODEL.DECODE_HEAD, cfg.MODEL.AUX_HEAD):
-        # Non-local block (Wang et al. 2018, Eqs. 1-4 and 6). MODE: "embedded_gaussian" =
-        # softmax_j(theta_i . phi_j) (Eq. 3 with the normaliser C(x) = sum_j f), "dot_product" =
-        # theta_i . phi_j / N (Eq. 4, C(x) = number of positions N). REDUCTION: theta/phi/g have
-        # C / REDUCTION channels (2 in the paper). USE_SCALE: divide the embedded-Gaussian logits
-        # by sqrt(C / REDUCTION) (Transformer scaling; mmsegmentation's NLHead default; the
-        # Non-local paper has no scaling).
-        node.NONLOCAL = CN()
-        node.NONLOCAL.MODE = "embedded_gaussian"
-        node.NONLOCAL.REDUCTION = 2
-        node.NONLOCAL.USE_SCALE = True
-        # DANet. CAM_ENERGY: "official" = the released code's softmax(max_j e_ij - e_ij), which is
-        # softmax(-e_ij), what every DANet result (and mmsegmentation) uses; "paper" = DANet Eq. 3,
-        # softmax(e_ij). BRANCH_LOSS_WEIGHT: weight of the pixel losses of the position- and
-        # channel-attention branch predictions (1.0 in DANet and mmsegmentation), keys
-        # "loss_pam_<loss>" and "loss_cam_<loss>".
-        node.DANET = CN()
-        node.DANET.CAM_ENERGY = "official"
-        node.DANET.BRANCH_LOSS_WEIGHT = 1.0
-        # CCNet: number of criss-cross attention passes with shared weights (2 = full-image
-        # context, CCNet "Recurrent Criss-Cross Attention").
-        node.CCNET = CN()
-        node.CCNET.RECURRENCE = 2
-        # OCR. The coarse (soft object region) prediction is made from IN_FEATURES[0] (res4 for
-        # ResNets; the same feature as the OCR block when IN_FEATURES has one entry, as HRNet-OCR)
-        # by conv3x3(COARSE_CHANNELS)-norm-ReLU -> dropout (MODEL.CLASSIFIER.DROPOUT) -> 1x1 conv.
-        # Its pixel losses are computed in the head, times COARSE_LOSS_WEIGHT (0.4 in the OCR
-        # paper), keys "loss_ocr_coarse_<loss>". KEY_CHANNELS: channels of the pixel/object
-        # transforms phi, psi, delta (256 in the paper).
-        node.OCR = CN()
-        node.OCR.KEY_CHANNELS = 256
-        node.OCR.COARSE_CHANNELS = 512
-        node.OCR.COARSE_LOSS_WEIGHT = 0.4
-        # CPNet. PRIOR_SIZE: side P of the P x P grid the context prior map is predicted on (the
-        # feature-map size during training: crop / output stride, e.g. 480 / 8 = 60); features of
-        # another size are resized to P x P for the prior and back. AGGREGATION_KERNEL: k of the
-        # aggregation module's k x 1 / 1 x k separable convolutions (11 in the paper).
-        # AFFINITY_LOSS_WEIGHT: lambda_p of the affinity loss "loss_cpnet_affinity" (1.0).
-        node.CPNET = CN()
-        node.CPNET.PRIOR_SIZE = 64
-        node.CPNET.AGGREGATION_KERNEL = 11
-        node.CPNET.AFFINITY_LOSS_WEIGHT = 1.0
-    return cfg
+from ..layers import conv_norm_act
 
 
 def attend(query, key, value, *, scale=1.0, normalize="softmax"):

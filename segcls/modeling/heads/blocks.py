@@ -5,26 +5,18 @@ Building blocks shared by several decode heads:
   broadcast back to the feature size) of ASPP (DeepLabV3 Sec. 3.3), KSAC (thesis Fig. 2.3) and
   the CAA head (thesis ch. 3);
 - :class:`PyramidPooling`: PSPNet's pyramid pooling module (PSPNet Sec. 3.2), used by
-  :class:`~segcls.modeling.heads.psp.PSPHead` and :class:`~segcls.modeling.heads.uper.UPerHead`;
-- :func:`separable_conv_norm_act`: depthwise-separable conv (DeepLabV3+ Sec. 3.2);
-- :func:`resize`: bilinear resizing of a feature map.
+  :class:`~segcls.modeling.heads.psp.PSPHead` and :class:`~segcls.modeling.heads.psp.UPerHead`;
+- :func:`separable_conv_norm_act`: depthwise-separable conv (DeepLabV3+ Sec. 3.2).
+
+(``conv_norm_act`` and ``resize`` are in :mod:`segcls.modeling.layers`.)
 """
 from typing import Sequence
 
 import torch
-from detectron2.layers import Conv2d, get_norm
-from fvcore.nn import weight_init
 from torch import nn
 from torch.nn import functional as F
 
-from .tail import conv_norm_act
-
-
-def resize(x: torch.Tensor, size, align_corners: bool = False) -> torch.Tensor:
-    """Bilinear resize of (N, C, h, w) to ``size`` (H, W); a no-op when the size already matches."""
-    if tuple(x.shape[-2:]) == tuple(size):
-        return x
-    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=align_corners)
+from ..layers import conv_norm_act, resize
 
 
 def separable_conv_norm_act(in_channels, out_channels, kernel_size=3, norm="BN", dilation=1):
@@ -33,18 +25,7 @@ def separable_conv_norm_act(in_channels, out_channels, kernel_size=3, norm="BN",
     ``DepthwiseSeparableConvModule``: depthwise k x k conv (dilated) -> norm -> ReLU, then
     pointwise 1x1 conv -> norm -> ReLU. (N, in_channels, h, w) -> (N, out_channels, h, w).
     """
-    depthwise = Conv2d(
-        in_channels,
-        in_channels,
-        kernel_size=kernel_size,
-        padding=dilation * (kernel_size // 2),
-        dilation=dilation,
-        groups=in_channels,
-        bias=not norm,
-        norm=get_norm(norm, in_channels),
-        activation=F.relu,
-    )
-    weight_init.c2_msra_fill(depthwise)
+    depthwise = conv_norm_act(in_channels, in_channels, kernel_size, norm, dilation=dilation, groups=in_channels)
     return nn.Sequential(depthwise, conv_norm_act(in_channels, out_channels, 1, norm))
 
 

@@ -30,25 +30,28 @@ import math
 from typing import Dict, Optional
 
 import torch
-from detectron2.config import CfgNode as CN
 from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
 from torch import nn
 from torch.nn import functional as F
 
 from ...utils.config import get_config_node
+from ..layers import conv_norm_act
 from ..outputs import SegOutputs
 from ..registry import DECODE_HEAD_REGISTRY
+from .base import DecodeHead, input_feature
 from .blocks import ImagePooling
-from .tail import HeadTail, conv_norm_act
+from .config import head_keys
+from .tail import HeadTail
 
 _ATTENTIONS = ("axial", "self")
 _IMPLEMENTATIONS = ("collapsed", "grouped")
 
 
-def add_caa_config(cfg):
+@head_keys("CAA", used_by=("CAAHead",))
+def declare_caa_keys(caa):
     """
-    ``CAA.*`` keys (under ``MODEL.DECODE_HEAD`` and ``MODEL.AUX_HEAD``) of :class:`CAAHead`:
+    ``CAA.*``, the keys of :class:`CAAHead`:
 
     - ``ATTENTION``: ``"axial"`` (default, CAA) or ``"self"`` (channelized self-attention, Table 3.3:
       full spatial attention, one gate per query pixel from the mean of its reweighted values over
@@ -67,18 +70,16 @@ def add_caa_config(cfg):
     - ``IMAGE_POOLING``: concatenate the image-level branch before the last block. Default True.
     - ``OUT_CHANNELS``: channels of the head's last block, the classifier input (256; 0 = CHANNELS).
     """
-    for node in (cfg.MODEL.DECODE_HEAD, cfg.MODEL.AUX_HEAD):
-        node.CAA = CN()
-        node.CAA.ATTENTION = "axial"
-        node.CAA.CHANNELIZED = True
-        node.CAA.KEY_CHANNELS = 64
-        node.CAA.GATE_LAYERS = 5
-        node.CAA.GATE_REDUCTION = 4
-        node.CAA.GATE_SLOPE = 0.2
-        node.CAA.IMPLEMENTATION = "collapsed"
-        node.CAA.GROUPS = 4
-        node.CAA.IMAGE_POOLING = True
-        node.CAA.OUT_CHANNELS = 256
+    caa.ATTENTION = "axial"
+    caa.CHANNELIZED = True
+    caa.KEY_CHANNELS = 64
+    caa.GATE_LAYERS = 5
+    caa.GATE_REDUCTION = 4
+    caa.GATE_SLOPE = 0.2
+    caa.IMPLEMENTATION = "collapsed"
+    caa.GROUPS = 4
+    caa.IMAGE_POOLING = True
+    caa.OUT_CHANNELS = 256
 
 
 class ChannelGate(nn.Module):
@@ -209,7 +210,7 @@ class ChannelizedAttention(nn.Module):
 
 
 @DECODE_HEAD_REGISTRY.register()
-class CAAHead(nn.Module):
+class CAAHead(DecodeHead):
     """
     The CAA head (thesis ch. 3, Fig. 3.5, as in the authors' released implementation):
     ``IN_FEATURES[-1]`` (N, C_in, h, w) -> 3x3 conv-BN-ReLU to CHANNELS -> :class:`ChannelizedAttention`
@@ -234,22 +235,19 @@ class CAAHead(nn.Module):
         image_pool: Optional[ImagePooling],
         tail: HeadTail,
     ):
-        super().__init__()
-        self.in_feature = in_feature
+        super().__init__(in_feature=in_feature, out_channels=tail.out_channels, out_stride=in_stride)
         self.reduce = reduce
         self.attention = attention
         self.post = post
         self.image_pool = image_pool
         self.tail = tail
-        self.out_channels = tail.out_channels
-        self.out_stride = in_stride
 
     @classmethod
     def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec], prefix="MODEL.DECODE_HEAD"):
         node = get_config_node(cfg, prefix)
         caa = node.CAA
-        in_feature = node.IN_FEATURES[-1]
-        in_channels, ch, norm = input_shape[in_feature].channels, node.CHANNELS, node.NORM
+        inputs = input_feature(node, input_shape)
+        in_channels, ch, norm = inputs["in_channels"], node.CHANNELS, node.NORM
         if ch % caa.GATE_REDUCTION:
             raise ValueError(f"{prefix}.CAA.GATE_REDUCTION={caa.GATE_REDUCTION} must divide CHANNELS={ch}")
         attention = ChannelizedAttention(
@@ -267,8 +265,8 @@ class CAAHead(nn.Module):
         image_pool = ImagePooling(in_channels, ch, norm) if caa.IMAGE_POOLING else None
         tail_in = 2 * ch if caa.IMAGE_POOLING else ch
         return {
-            "in_feature": in_feature,
-            "in_stride": input_shape[in_feature].stride,
+            "in_feature": inputs["in_feature"],
+            "in_stride": inputs["in_stride"],
             "reduce": conv_norm_act(in_channels, ch, 3, norm),
             "attention": attention,
             "post": conv_norm_act(ch, ch, 1, norm),

@@ -11,9 +11,24 @@ from torch import nn
 from torch.nn import functional as F
 
 from ...utils.config import get_config_node
+from ..layers import conv_norm_act, resize
 from ..outputs import SegOutputs
 from ..registry import DECODE_HEAD_REGISTRY
-from .tail import HeadTail, conv_norm_act
+from .base import DecodeHead, input_feature
+from .config import head_keys
+from .tail import HeadTail
+
+
+@head_keys("CPNET", used_by=("CPHead",))
+def declare_cpnet_keys(cpnet):
+    """``CPNET.*``. PRIOR_SIZE: side P of the P x P grid the context prior map is predicted on (the
+    feature-map size during training: crop / output stride, e.g. 480 / 8 = 60); features of another
+    size are resized to P x P for the prior and back. AGGREGATION_KERNEL: k of the aggregation
+    module's k x 1 / 1 x k separable convolutions (11 in the paper). AFFINITY_LOSS_WEIGHT: lambda_p
+    of the affinity loss "loss_cpnet_affinity" (1.0)."""
+    cpnet.PRIOR_SIZE = 64
+    cpnet.AGGREGATION_KERNEL = 11
+    cpnet.AFFINITY_LOSS_WEIGHT = 1.0
 
 
 def ideal_affinity(labels: torch.Tensor, ignore_value: int):
@@ -97,7 +112,7 @@ class AggregationModule(nn.Module):
 
 
 @DECODE_HEAD_REGISTRY.register()
-class CPHead(nn.Module):
+class CPHead(DecodeHead):
     """
     CPNet's context prior head (CPNet "Context Prior Layer", Fig. 2):
 
@@ -132,12 +147,9 @@ class CPHead(nn.Module):
         norm: str = "BN",
         align_corners: bool = False,
     ):
-        super().__init__()
+        super().__init__(in_feature=in_feature, out_channels=channels, out_stride=in_stride)
         if prior_size < 1:
             raise ValueError(f"CPNET.PRIOR_SIZE={prior_size}: must be >= 1")
-        self.in_feature = in_feature
-        self.out_channels = channels
-        self.out_stride = in_stride
         self.prior_size = prior_size
         self.affinity_loss_weight = affinity_loss_weight
         self.ignore_value = ignore_value
@@ -151,14 +163,11 @@ class CPHead(nn.Module):
     @classmethod
     def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec], prefix="MODEL.DECODE_HEAD"):
         node = get_config_node(cfg, prefix)
-        in_feature = node.IN_FEATURES[-1]
-        in_channels = input_shape[in_feature].channels
+        inputs = input_feature(node, input_shape)
         return {
-            "in_feature": in_feature,
-            "in_channels": in_channels,
-            "in_stride": input_shape[in_feature].stride,
+            **inputs,
             "channels": node.CHANNELS,
-            "tail": HeadTail.from_node(node, in_channels + 2 * node.CHANNELS, node.CHANNELS),
+            "tail": HeadTail.from_node(node, inputs["in_channels"] + 2 * node.CHANNELS),
             "prior_size": node.CPNET.PRIOR_SIZE,
             "aggregation_kernel": node.CPNET.AGGREGATION_KERNEL,
             "affinity_loss_weight": node.CPNET.AFFINITY_LOSS_WEIGHT,
@@ -167,22 +176,17 @@ class CPHead(nn.Module):
             "align_corners": cfg.MODEL.ALIGN_CORNERS,
         }
 
-    def resize(self, x, size):
-        if tuple(x.shape[-2:]) == tuple(size):
-            return x
-        return F.interpolate(x, size=size, mode="bilinear", align_corners=self.align_corners)
-
     def forward(self, features: Dict[str, torch.Tensor], targets=None) -> SegOutputs:
         x = features[self.in_feature]
         aggregated = self.aggregation(x)
         n, c, h, w = aggregated.shape
         side = self.prior_size
-        grid = self.resize(aggregated, (side, side))
+        grid = resize(aggregated, (side, side), self.align_corners)
         prior_logits = self.prior_conv(grid).flatten(2).transpose(1, 2)  # (N, P^2 positions i, P^2 pixels j)
         value = grid.flatten(2)  # (N, C, P^2)
         intra = torch.einsum("bij,bcj->bci", prior_logits.sigmoid(), value) / side**2
         inter = value.mean(dim=2, keepdim=True) - intra  # sum_j (1 - p_ij) v_j / P^2
-        context = self.resize(torch.cat([intra, inter], dim=1).view(n, 2 * c, side, side), (h, w))
+        context = resize(torch.cat([intra, inter], dim=1).view(n, 2 * c, side, side), (h, w), self.align_corners)
         out = self.tail(torch.cat([x, self.intra_conv(context[:, :c]), self.inter_conv(context[:, c:])], dim=1))
         if self.training and targets is not None:
             labels = F.interpolate(targets.unsqueeze(1).float(), size=(side, side), mode="nearest")

@@ -8,15 +8,29 @@ from torch import nn
 
 from ...utils.config import get_config_node
 from ..classifiers import LinearClassifier
+from ..layers import conv_norm_act
 from ..losses import PixelLossSet
 from ..outputs import Prediction, SegOutputs
 from ..registry import DECODE_HEAD_REGISTRY
 from .attention import ChannelAttention, PositionAttention
-from .tail import HeadTail, conv_norm_act
+from .base import DecodeHead, input_feature
+from .config import head_keys
+from .tail import HeadTail
+
+
+@head_keys("DANET", used_by=("DAHead",))
+def declare_danet_keys(danet):
+    """``DANET.*``. CAM_ENERGY: "official" = the released code's softmax(max_j e_ij - e_ij), which
+    is softmax(-e_ij), what every DANet result (and mmsegmentation) uses; "paper" = DANet Eq. 3,
+    softmax(e_ij). BRANCH_LOSS_WEIGHT: weight of the pixel losses of the position- and
+    channel-attention branch predictions (1.0 in DANet and mmsegmentation), keys
+    "loss_pam_<loss>" and "loss_cam_<loss>"."""
+    danet.CAM_ENERGY = "official"
+    danet.BRANCH_LOSS_WEIGHT = 1.0
 
 
 @DECODE_HEAD_REGISTRY.register()
-class DAHead(nn.Module):
+class DAHead(DecodeHead):
     """
     Two parallel branches on one backbone feature (DANet Fig. 2, the released ``DANetHead``):
 
@@ -52,10 +66,7 @@ class DAHead(nn.Module):
         norm: str = "BN",
         dropout: float = 0.1,
     ):
-        super().__init__()
-        self.in_feature = in_feature
-        self.out_channels = channels
-        self.out_stride = in_stride
+        super().__init__(in_feature=in_feature, out_channels=channels, out_stride=in_stride)
         self.pam_in = conv_norm_act(in_channels, channels, 3, norm)
         self.pam = PositionAttention(channels)
         self.tail_pam = tail_pam
@@ -69,15 +80,12 @@ class DAHead(nn.Module):
     @classmethod
     def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec], prefix="MODEL.DECODE_HEAD"):
         node = get_config_node(cfg, prefix)
-        in_feature = node.IN_FEATURES[-1]
         return {
-            "in_feature": in_feature,
-            "in_channels": input_shape[in_feature].channels,
-            "in_stride": input_shape[in_feature].stride,
+            **input_feature(node, input_shape),
             "channels": node.CHANNELS,
             "num_classes": cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
-            "tail_pam": HeadTail.from_node(node, node.CHANNELS, node.CHANNELS),
-            "tail_cam": HeadTail.from_node(node, node.CHANNELS, node.CHANNELS),
+            "tail_pam": HeadTail.from_node(node, node.CHANNELS),
+            "tail_cam": HeadTail.from_node(node, node.CHANNELS),
             "branch_loss": PixelLossSet.from_node(cfg, node, scale=node.DANET.BRANCH_LOSS_WEIGHT),
             "cam_energy": node.DANET.CAM_ENERGY,
             "norm": node.NORM,

@@ -7,13 +7,32 @@ from detectron2.layers import ShapeSpec
 from torch import nn
 
 from ...utils.config import get_config_node
+from ..layers import conv_norm_act
 from ..outputs import SegOutputs
 from ..registry import DECODE_HEAD_REGISTRY
-from .tail import HeadTail, conv_norm_act
+from .base import DecodeHead, input_feature
+from .config import head_keys
+from .tail import HeadTail
+
+
+@head_keys(None, used_by=("FCNHead",))
+def declare_fcn_keys(node):
+    """FCNHead: NUM_CONVS x (conv KERNEL_SIZE -> norm -> ReLU) on IN_FEATURES[-1], as
+    torchvision's and mmsegmentation's FCN heads (the last conv is the HeadTail)."""
+    node.NUM_CONVS = 1
+
+
+@head_keys(None, used_by=("FCNHead", "NonLocalHead", "CCHead"))
+def declare_fcn_conv_keys(node):
+    """Kernel size of the FCN-style convs and, with CONCAT_INPUT, the head input concatenated with
+    the conv output before the last block (mmsegmentation's concat_input); read by FCNHead and the
+    attention FCN heads (NonLocalHead, CCHead)."""
+    node.KERNEL_SIZE = 3
+    node.CONCAT_INPUT = False
 
 
 @DECODE_HEAD_REGISTRY.register()
-class FCNHead(nn.Module):
+class FCNHead(DecodeHead):
     """
     ``num_convs`` x (conv k x k -> norm -> ReLU) on one backbone feature; with ``concat_input`` the
     input is concatenated to the result and fused by one more conv (mmsegmentation's option).
@@ -37,12 +56,9 @@ class FCNHead(nn.Module):
         norm: str = "BN",
         concat_input: bool = False,
     ):
-        super().__init__()
+        super().__init__(in_feature=in_feature, out_channels=channels, out_stride=in_stride)
         if num_convs < 1:
             raise ValueError(f"FCNHead needs num_convs >= 1, got {num_convs}")
-        self.in_feature = in_feature
-        self.out_channels = channels
-        self.out_stride = in_stride
         self.concat_input = concat_input
         num_body = num_convs if concat_input else num_convs - 1
         self.convs = nn.Sequential(
@@ -53,18 +69,16 @@ class FCNHead(nn.Module):
     @classmethod
     def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec], prefix="MODEL.DECODE_HEAD"):
         node = get_config_node(cfg, prefix)
-        in_feature = node.IN_FEATURES[-1]
-        in_channels = input_shape[in_feature].channels
+        inputs = input_feature(node, input_shape)
+        in_channels = inputs["in_channels"]
         if node.CONCAT_INPUT:
             tail_in = in_channels + node.CHANNELS
         else:
             tail_in = in_channels if node.NUM_CONVS == 1 else node.CHANNELS
         return {
-            "in_feature": in_feature,
-            "in_channels": in_channels,
-            "in_stride": input_shape[in_feature].stride,
+            **inputs,
             "channels": node.CHANNELS,
-            "tail": HeadTail.from_node(node, tail_in, node.CHANNELS),
+            "tail": HeadTail.from_node(node, tail_in),
             "num_convs": node.NUM_CONVS,
             "kernel_size": node.KERNEL_SIZE,
             "norm": node.NORM,

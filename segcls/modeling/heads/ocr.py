@@ -9,15 +9,30 @@ import torch
 from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
 from torch import nn
-from torch.nn import functional as F
 
 from ...utils.config import get_config_node
 from ..classifiers import LinearClassifier
+from ..layers import conv_norm_act, resize
 from ..losses import PixelLossSet
 from ..outputs import Prediction, SegOutputs
 from ..registry import DECODE_HEAD_REGISTRY
 from .attention import attend
-from .tail import HeadTail, conv_norm_act
+from .base import DecodeHead, input_feature
+from .config import head_keys
+from .tail import HeadTail
+
+
+@head_keys("OCR", used_by=("OCRHead",))
+def declare_ocr_keys(ocr):
+    """``OCR.*``. The coarse (soft object region) prediction is made from IN_FEATURES[0] (res4 for
+    ResNets; the same feature as the OCR block when IN_FEATURES has one entry, as HRNet-OCR) by
+    conv3x3(COARSE_CHANNELS)-norm-ReLU -> dropout (MODEL.CLASSIFIER.DROPOUT) -> 1x1 conv. Its
+    pixel losses are computed with the head's LOSSES times COARSE_LOSS_WEIGHT (0.4 in the OCR
+    paper), keys "loss_ocr_coarse_<loss>". KEY_CHANNELS: channels of the pixel/object transforms
+    phi, psi, delta (256 in the paper)."""
+    ocr.KEY_CHANNELS = 256
+    ocr.COARSE_CHANNELS = 512
+    ocr.COARSE_LOSS_WEIGHT = 0.4
 
 
 def object_region_representations(features: torch.Tensor, coarse_logits: torch.Tensor) -> torch.Tensor:
@@ -62,7 +77,7 @@ class ObjectContext(nn.Module):
 
 
 @DECODE_HEAD_REGISTRY.register()
-class OCRHead(nn.Module):
+class OCRHead(DecodeHead):
     """
     OCR head, as the released ResNet OCRNet:
 
@@ -100,11 +115,8 @@ class OCRHead(nn.Module):
         dropout: float = 0.1,
         align_corners: bool = False,
     ):
-        super().__init__()
+        super().__init__(in_feature=in_feature, out_channels=channels, out_stride=in_stride)
         self.coarse_feature = coarse_feature
-        self.in_feature = in_feature
-        self.out_channels = channels
-        self.out_stride = in_stride
         self.align_corners = align_corners
         self.coarse_conv = conv_norm_act(coarse_in_channels, coarse_channels, 3, norm)
         self.coarse_classifier = LinearClassifier(in_channels=coarse_channels, num_classes=num_classes, dropout=dropout)
@@ -116,16 +128,14 @@ class OCRHead(nn.Module):
     @classmethod
     def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec], prefix="MODEL.DECODE_HEAD"):
         node = get_config_node(cfg, prefix)
-        coarse_feature, in_feature = node.IN_FEATURES[0], node.IN_FEATURES[-1]
+        coarse = input_feature(node, input_shape, 0)
         return {
-            "coarse_feature": coarse_feature,
-            "coarse_in_channels": input_shape[coarse_feature].channels,
-            "in_feature": in_feature,
-            "in_channels": input_shape[in_feature].channels,
-            "in_stride": input_shape[in_feature].stride,
+            "coarse_feature": coarse["in_feature"],
+            "coarse_in_channels": coarse["in_channels"],
+            **input_feature(node, input_shape),
             "channels": node.CHANNELS,
             "num_classes": cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
-            "tail": HeadTail.from_node(node, 2 * node.CHANNELS, node.CHANNELS),
+            "tail": HeadTail.from_node(node, 2 * node.CHANNELS),
             "coarse_loss": PixelLossSet.from_node(cfg, node, scale=node.OCR.COARSE_LOSS_WEIGHT),
             "key_channels": node.OCR.KEY_CHANNELS,
             "coarse_channels": node.OCR.COARSE_CHANNELS,
@@ -137,9 +147,7 @@ class OCRHead(nn.Module):
     def forward(self, features: Dict[str, torch.Tensor], targets=None) -> SegOutputs:
         coarse = self.coarse_classifier(self.coarse_conv(features[self.coarse_feature])).logits
         x = self.conv_in(features[self.in_feature])
-        regions_logits = coarse
-        if coarse.shape[-2:] != x.shape[-2:]:
-            regions_logits = F.interpolate(coarse, x.shape[-2:], mode="bilinear", align_corners=self.align_corners)
+        regions_logits = resize(coarse, x.shape[-2:], self.align_corners)
         y = self.object_context(x, object_region_representations(x, regions_logits))
         out = self.tail(torch.cat([y, x], dim=1))
         if self.training and targets is not None:

@@ -5,61 +5,57 @@ Pyramid-pooling decode heads: PSPNet (:class:`PSPHead`) and UperNet (:class:`UPe
 from typing import Dict
 
 import torch
-from detectron2.config import CfgNode as CN
 from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
 from torch import nn
 
 from ...utils.config import get_config_node
+from ..layers import conv_norm_act, resize
 from ..outputs import SegOutputs
 from ..registry import DECODE_HEAD_REGISTRY
-from .blocks import PyramidPooling, resize
-from .tail import HeadTail, conv_norm_act
+from .base import DecodeHead, input_feature
+from .blocks import PyramidPooling
+from .config import head_keys
+from .tail import HeadTail
 
 
-def add_ppm_config(cfg):
+@head_keys("PPM", used_by=("PSPHead", "UPerHead"))
+def declare_ppm_keys(ppm):
     """
-    ``PPM.BINS`` (under ``MODEL.DECODE_HEAD`` and ``MODEL.AUX_HEAD``): output sizes of the pyramid
-    pooling module's adaptive average pooling, used by PSPHead and UPerHead. Default (1, 2, 3, 6)
-    (PSPNet Sec. 3.2; UperNet Sec. 3.2). Each branch has CHANNELS channels (mmsegmentation's choice;
-    PSPNet's C_in / len(BINS) is the same 512 for a 2048-channel input and CHANNELS 512).
+    ``PPM.BINS``: output sizes of the pyramid pooling module's adaptive average pooling, used by
+    PSPHead and UPerHead. Default (1, 2, 3, 6) (PSPNet Sec. 3.2; UperNet Sec. 3.2). Each branch has
+    CHANNELS channels (mmsegmentation's choice; PSPNet's C_in / len(BINS) is the same 512 for a
+    2048-channel input and CHANNELS 512).
     """
-    for node in (cfg.MODEL.DECODE_HEAD, cfg.MODEL.AUX_HEAD):
-        node.PPM = CN()
-        node.PPM.BINS = [1, 2, 3, 6]
+    ppm.BINS = [1, 2, 3, 6]
 
 
 @DECODE_HEAD_REGISTRY.register()
-class PSPHead(nn.Module):
+class PSPHead(DecodeHead):
     """
     PSPNet (Zhao et al., CVPR 2017, Fig. 3): :class:`PyramidPooling` on ``IN_FEATURES[-1]``, then
     the :class:`HeadTail` (3x3 conv-norm-ReLU from C_in + len(BINS) * CHANNELS to CHANNELS; the
     paper's "convolution layer" after the concatenation) before the classifier.
 
-    Input (N, C_in, h, w) -> ``{"pixel_feature": (N, CHANNELS, h, w)}``.
+    Input (N, C_in, h, w) -> the pixel feature ``(N, CHANNELS, h, w)`` (+ ``"reg_feature"``).
     """
 
     @configurable
     def __init__(self, *, in_feature: str, in_stride: int, ppm: PyramidPooling, tail: HeadTail):
-        super().__init__()
-        self.in_feature = in_feature
+        super().__init__(in_feature=in_feature, out_channels=tail.out_channels, out_stride=in_stride)
         self.ppm = ppm
         self.tail = tail
-        self.out_channels = tail.out_channels
-        self.out_stride = in_stride
 
     @classmethod
     def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec], prefix="MODEL.DECODE_HEAD"):
         node = get_config_node(cfg, prefix)
-        in_feature = node.IN_FEATURES[-1]
-        ppm = PyramidPooling(
-            input_shape[in_feature].channels, node.CHANNELS, node.PPM.BINS, node.NORM, cfg.MODEL.ALIGN_CORNERS
-        )
+        inputs = input_feature(node, input_shape)
+        ppm = PyramidPooling(inputs["in_channels"], node.CHANNELS, node.PPM.BINS, node.NORM, cfg.MODEL.ALIGN_CORNERS)
         return {
-            "in_feature": in_feature,
-            "in_stride": input_shape[in_feature].stride,
+            "in_feature": inputs["in_feature"],
+            "in_stride": inputs["in_stride"],
             "ppm": ppm,
-            "tail": HeadTail.from_node(node, ppm.out_channels, node.CHANNELS),
+            "tail": HeadTail.from_node(node, ppm.out_channels),
         }
 
     def forward(self, features: Dict[str, torch.Tensor], targets=None) -> SegOutputs:
@@ -67,7 +63,7 @@ class PSPHead(nn.Module):
 
 
 @DECODE_HEAD_REGISTRY.register()
-class UPerHead(nn.Module):
+class UPerHead(DecodeHead):
     """
     UperNet (Xiao et al., ECCV 2018, Sec. 3.2, Fig. 3; mmsegmentation's ``UPerHead``): on
     ``IN_FEATURES`` (increasing stride, e.g. res2..res5) with L levels,
@@ -95,7 +91,7 @@ class UPerHead(nn.Module):
         tail: HeadTail,
         align_corners: bool = False,
     ):
-        super().__init__()
+        super().__init__(out_channels=tail.out_channels, out_stride=out_stride)
         self.in_features = list(in_features)
         self.ppm = ppm
         self.ppm_bottleneck = ppm_bottleneck
@@ -103,8 +99,6 @@ class UPerHead(nn.Module):
         self.fpn_convs = fpn_convs
         self.tail = tail
         self.align_corners = align_corners
-        self.out_channels = tail.out_channels
-        self.out_stride = out_stride
 
     @classmethod
     def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec], prefix="MODEL.DECODE_HEAD"):
@@ -125,7 +119,7 @@ class UPerHead(nn.Module):
             "ppm_bottleneck": conv_norm_act(ppm.out_channels, ch, 3, norm),
             "laterals": nn.ModuleList([conv_norm_act(input_shape[n].channels, ch, 1, norm) for n in names[:-1]]),
             "fpn_convs": nn.ModuleList([conv_norm_act(ch, ch, 3, norm) for _ in names[:-1]]),
-            "tail": HeadTail.from_node(node, len(names) * ch, ch),
+            "tail": HeadTail.from_node(node, len(names) * ch),
             "align_corners": cfg.MODEL.ALIGN_CORNERS,
         }
 

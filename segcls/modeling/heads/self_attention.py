@@ -10,13 +10,36 @@ from detectron2.layers import ShapeSpec
 from torch import nn
 
 from ...utils.config import get_config_node
+from ..layers import conv_norm_act
 from ..outputs import SegOutputs
 from ..registry import DECODE_HEAD_REGISTRY
 from .attention import CrissCrossAttention, NonLocal2d
-from .tail import HeadTail, conv_norm_act
+from .base import DecodeHead, input_feature
+from .config import head_keys
+from .tail import HeadTail
 
 
-class AttentionFCNHead(nn.Module):
+@head_keys("NONLOCAL", used_by=("NonLocalHead",))
+def declare_nonlocal_keys(nonlocal_):
+    """``NONLOCAL.*``: the non-local block (Wang et al. 2018, Eqs. 1-4 and 6). MODE:
+    "embedded_gaussian" = softmax_j(theta_i . phi_j) (Eq. 3 with the normaliser C(x) = sum_j f),
+    "dot_product" = theta_i . phi_j / N (Eq. 4, C(x) = number of positions N). REDUCTION:
+    theta/phi/g have C / REDUCTION channels (2 in the paper). USE_SCALE: divide the
+    embedded-Gaussian logits by sqrt(C / REDUCTION) (Transformer scaling; mmsegmentation's NLHead
+    default; the Non-local paper has no scaling)."""
+    nonlocal_.MODE = "embedded_gaussian"
+    nonlocal_.REDUCTION = 2
+    nonlocal_.USE_SCALE = True
+
+
+@head_keys("CCNET", used_by=("CCHead",))
+def declare_ccnet_keys(ccnet):
+    """``CCNET.RECURRENCE``: number of criss-cross attention passes with shared weights (2 =
+    full-image context, CCNet "Recurrent Criss-Cross Attention")."""
+    ccnet.RECURRENCE = 2
+
+
+class AttentionFCNHead(DecodeHead):
     """
     ``conv_in`` (k x k conv-norm-ReLU, C_in -> C) -> attention ``block`` (C -> C) -> tail, where
     the tail is the :class:`HeadTail` (C -> C) or, with ``concat_input`` (mmsegmentation's
@@ -42,10 +65,7 @@ class AttentionFCNHead(nn.Module):
         norm: str = "BN",
         concat_input: bool = False,
     ):
-        super().__init__()
-        self.in_feature = in_feature
-        self.out_channels = channels
-        self.out_stride = in_stride
+        super().__init__(in_feature=in_feature, out_channels=channels, out_stride=in_stride)
         self.conv_in = conv_norm_act(in_channels, channels, kernel_size, norm)
         self.block = block
         self.conv_out = conv_norm_act(channels, channels, kernel_size, norm) if concat_input else None
@@ -58,16 +78,13 @@ class AttentionFCNHead(nn.Module):
     @classmethod
     def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec], prefix="MODEL.DECODE_HEAD"):
         node = get_config_node(cfg, prefix)
-        in_feature = node.IN_FEATURES[-1]
-        in_channels = input_shape[in_feature].channels
-        tail_in = in_channels + node.CHANNELS if node.CONCAT_INPUT else node.CHANNELS
+        inputs = input_feature(node, input_shape)
+        tail_in = inputs["in_channels"] + node.CHANNELS if node.CONCAT_INPUT else node.CHANNELS
         return {
-            "in_feature": in_feature,
-            "in_channels": in_channels,
-            "in_stride": input_shape[in_feature].stride,
+            **inputs,
             "channels": node.CHANNELS,
             "block": cls.build_block(node, node.CHANNELS),
-            "tail": HeadTail.from_node(node, tail_in, node.CHANNELS),
+            "tail": HeadTail.from_node(node, tail_in),
             "kernel_size": node.KERNEL_SIZE,
             "norm": node.NORM,
             "concat_input": node.CONCAT_INPUT,

@@ -14,30 +14,13 @@ The last block of every decode head, where class-level plug-ins attach.
   regularizers use the pixel feature.
 """
 import torch
-from detectron2.layers import Conv2d, get_norm
 from fvcore.nn import weight_init
 from torch import nn
-from torch.nn import functional as F
 
+from ..layers import conv_norm_act
 from ..outputs import SegOutputs
 
-
-def conv_norm_act(in_channels, out_channels, kernel_size, norm="BN", dilation=1, act=True, groups=1):
-    """conv (k x k, 'same' padding, bias only without norm, ``groups`` groups) -> norm -> ReLU,
-    MSRA-initialised."""
-    conv = Conv2d(
-        in_channels,
-        out_channels,
-        kernel_size=kernel_size,
-        padding=dilation * (kernel_size // 2),
-        dilation=dilation,
-        groups=groups,
-        bias=not norm,
-        norm=get_norm(norm, out_channels),
-        activation=F.relu if act else None,
-    )
-    weight_init.c2_msra_fill(conv)
-    return conv
+__all__ = ["HeadTail", "conv_norm_act"]
 
 
 class HeadTail(nn.Module):
@@ -55,11 +38,12 @@ class HeadTail(nn.Module):
         self.out_channels = channels
 
     @classmethod
-    def from_node(cls, node, in_channels, channels):
-        """Build from a head config node (``MODEL.DECODE_HEAD`` or ``MODEL.AUX_HEAD``)."""
+    def from_node(cls, node, in_channels, channels=None):
+        """Build from a head config node (``MODEL.DECODE_HEAD`` or ``MODEL.AUX_HEAD``);
+        ``channels`` defaults to the node's ``CHANNELS``."""
         return cls(
             in_channels,
-            channels,
+            node.CHANNELS if channels is None else channels,
             norm=node.NORM,
             last_conv_kernel=node.LAST_CONV_KERNEL,
             reg_projection=node.REG_PROJECTION,
