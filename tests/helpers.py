@@ -11,6 +11,9 @@ from PIL import Image
 from segcls.data.datasets import register_sem_seg
 from segcls.engine import load_config
 
+# The repository root (tests/ lives one level below it).
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 TINY_MODEL = [
     "MODEL.DEVICE", "cpu",
     "MODEL.RESNETS.DEPTH", "18",

@@ -25,8 +25,9 @@ from segcls.modeling.backbone import TimmBackbone, load_backbone_weights
 from segcls.modeling.backbone.timm_backbone import _PadFirstSwinBlock
 from segcls.modeling.backbone.utils import get_backbone_stage_ids
 from segcls.solver import get_param_groups
+from helpers import REPO
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = REPO
 CONFIGS = os.path.join(ROOT, "configs", "backbones")
 RES = ["res2", "res3", "res4", "res5"]
 # A tiny Swin (official block structure: 2 blocks per stage, the second shifted).

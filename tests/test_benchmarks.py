@@ -10,8 +10,9 @@ import pytest
 
 from segcls import benchmarks
 from segcls.benchmarks import measure
+from helpers import REPO
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = REPO
 
 
 def test_interleave_alternates_and_marks_warmup():

@@ -4,6 +4,7 @@ ContextAwareClassifier (CAC, issue 7): every quantity against a direct, slow flo
 overhead, and the plug-in inside the full PerPixelSegmentor with every registered decode head.
 """
 import math
+import os
 
 import pytest
 import torch
@@ -19,6 +20,7 @@ from segcls.modeling.classifiers.context_aware import FUSIONS
 from segcls.modeling.losses import PixelLossSet, SegmentationLoss
 from segcls.modeling.losses.cross_entropy import CrossEntropyLoss
 from segcls.modeling.registry import build_classifier
+from helpers import REPO
 
 IGNORE = 255
 N, D, K, h, w = 3, 6, 5, 4, 5
@@ -652,7 +654,7 @@ def test_shipped_config_gives_the_released_loss_terms_and_gradients(config):
     """All four terms, their sum and the gradients w.r.t. the feature, the classifier and both
     projectors equal the released rules; make_labels() has a fully ignored image, a label grid at a
     non-integer multiple of the feature grid and a class only on pixels the downsampling skips."""
-    cfg = load_config(f"configs/{config}", ["MODEL.SEM_SEG_HEAD.NUM_CLASSES", str(K), "MODEL.CLASSIFIER.DROPOUT", "0.0"])
+    cfg = load_config(os.path.join(REPO, "configs", config), ["MODEL.SEM_SEG_HEAD.NUM_CLASSES", str(K), "MODEL.CLASSIFIER.DROPOUT", "0.0"])
     assert cfg.MODEL.LOSS.CE_NORMALIZATION == "all" and not cfg.MODEL.ALIGN_CORNERS
     assert list(cfg.MODEL.DECODE_HEAD.LOSSES) == ["CrossEntropyLoss"] and list(cfg.MODEL.DECODE_HEAD.LOSS_WEIGHTS) == [1.0]
     torch.manual_seed(0)
@@ -696,7 +698,7 @@ def test_all_ignored_image_halves_the_all_pixel_normalisation():
 def test_per_pixel_segmentor_with_cac_returns_the_released_terms():
     """End to end: a PerPixelSegmentor built from the shipped CAC config (tiny sizes) scores the
     classifier's predictions with the released rules."""
-    model = tiny_model("FCNHead", "MODEL.CLASSIFIER.DROPOUT", "0.0", "MODEL.AUX_HEAD.ENABLED", "False", base="configs/ade20k/cac_base.yaml")
+    model = tiny_model("FCNHead", "MODEL.CLASSIFIER.DROPOUT", "0.0", "MODEL.AUX_HEAD.ENABLED", "False", base=os.path.join(REPO, "configs/ade20k/cac_base.yaml"))
     batch = tiny_batch()
     batch[1]["sem_seg"][:] = IGNORE  # one image entirely ignored
     with EventStorage():

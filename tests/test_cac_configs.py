@@ -9,8 +9,9 @@ from detectron2.config import CfgNode as CN
 import segcls  # noqa: F401
 from segcls.engine import load_config
 from segcls.modeling.classifiers import ContextAwareClassifier
+from helpers import REPO
 
-ROOT = os.path.join(os.path.dirname(__file__), "..", "configs")
+ROOT = os.path.join(REPO, "configs")
 TABLE1 = sorted(glob.glob(os.path.join(ROOT, "ade20k", "cac_*.yaml")) + glob.glob(os.path.join(ROOT, "coco_stuff", "cac_*.yaml")))
 TABLE1 = [f for f in TABLE1 if not f.endswith("cac_base.yaml")]
 ABLATIONS = sorted(glob.glob(os.path.join(ROOT, "ade20k", "cac_ablations", "*.yaml")))

@@ -30,6 +30,7 @@ from segcls.modeling.regularizers.car import (
     intra_c2p_loss,
     resize_labels,
 )
+from helpers import REPO
 
 warnings.filterwarnings("ignore", category=FutureWarning)
 IGNORE = 255
@@ -660,7 +661,7 @@ def test_car_adds_no_parameters_no_inference_cost(monkeypatch):
 # -------------------------------------------------------------------------------------------------
 # Configs: every yaml this module ships loads; those whose decode head is registered build
 # -------------------------------------------------------------------------------------------------
-CONFIG_ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+CONFIG_ROOT = os.path.join(REPO, "configs")
 CAR_CONFIGS = sorted(
     os.path.relpath(os.path.join(d, f), CONFIG_ROOT)
     for d, _, files in os.walk(os.path.join(CONFIG_ROOT, "car"))

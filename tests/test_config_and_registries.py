@@ -17,9 +17,8 @@ from segcls.modeling import (
     PIXEL_LOSS_REGISTRY,
     REGULARIZER_REGISTRY,
 )
-from helpers import TINY_MODEL
+from helpers import TINY_MODEL, REPO
 
-REPO = os.path.join(os.path.dirname(__file__), "..")
 
 
 def test_builtin_pieces_are_registered():

@@ -39,8 +39,8 @@ from segcls.data.datasets.pascal_context import (
     convert_pascal_context_59_label,
 )
 from segcls.data.datasets.prepare import PreparationError
+from helpers import REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 H, W = 24, 32
 
 

@@ -10,8 +10,9 @@ import torch
 from PIL import Image
 
 from detectron2 import _C
+from helpers import REPO
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tools"))
+sys.path.insert(0, os.path.join(REPO, "tools"))
 import install_detectron2  # noqa: E402
 
 pytestmark = pytest.mark.skipif(

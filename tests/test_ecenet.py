@@ -34,8 +34,8 @@ from segcls.modeling.ecenet import (
 )
 from segcls.modeling.ecenet.criterion import present_classes
 from segcls.modeling.meta_arch import ECENet, PerPixelSegmentor
+from helpers import REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_CLASSES = 4
 TINY = [
     "MODEL.META_ARCHITECTURE", "ECENet",

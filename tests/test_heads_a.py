@@ -13,6 +13,7 @@ from segcls.modeling.heads import ASPPHead, CAAHead, DeepLabV3PlusHead, PSPHead,
 from segcls.modeling.heads.blocks import PyramidPooling
 from segcls.modeling.heads.tail import HeadTail
 from segcls.modeling.registry import build_decode_head
+from helpers import REPO
 
 K = 5
 SIZE = 64
@@ -183,7 +184,7 @@ def test_pyramid_pooling_branches():
 
 ADE20K_CONFIGS = sorted(
     p
-    for p in (Path(__file__).parents[1] / "configs" / "ade20k").glob("*.yaml")
+    for p in (Path(REPO) / "configs" / "ade20k").glob("*.yaml")
     # this file's heads; CAC and ECENet configs are tested in their own test files
     if p.name.split("_")[0] in ("deeplabv3", "deeplabv3plus", "ksac", "pspnet", "upernet", "caa")
 )

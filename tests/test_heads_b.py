@@ -18,8 +18,9 @@ from segcls.modeling.heads.attention import ChannelAttention, CrissCrossAttentio
 from segcls.modeling.heads.cpnet import affinity_loss, ideal_affinity
 from segcls.modeling.heads.ocr import ObjectContext, OCRHead, object_region_representations
 from segcls.modeling.registry import build_decode_head
+from helpers import REPO
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = REPO
 NUM_CLASSES = 5
 TINY = [
     "MODEL.DEVICE", "cpu",

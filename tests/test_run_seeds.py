@@ -4,8 +4,8 @@ import json
 import os
 
 import pytest
+from helpers import REPO
 
-REPO = os.path.join(os.path.dirname(__file__), "..")
 spec = importlib.util.spec_from_file_location("run_seeds", os.path.join(REPO, "tools", "run_seeds.py"))
 run_seeds = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(run_seeds)
