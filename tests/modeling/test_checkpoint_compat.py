@@ -1,8 +1,8 @@
 """
 Checkpoints written by earlier segcls versions keep loading and compute the same numbers.
 
-``tests/data/reference_checkpoints.pth`` was written by the code before the typed output contract
-(see ``tests/data/make_reference_checkpoints.py``): for tiny models of every decode head (each with
+``tests/fixtures/reference_checkpoints.pth`` was written by the code before the typed output contract
+(see ``tests/fixtures/make_reference_checkpoints.py``): for tiny models of every decode head (each with
 an auxiliary head), CAC, CAR and ECENet it holds the state dict, the inference output and the
 training losses on a fixed batch. Today's code must load every state dict strictly (no missing,
 no unexpected key) and reproduce the outputs and the losses, loss names included.
@@ -15,8 +15,9 @@ import torch
 from detectron2.modeling import build_model
 
 from segcls.engine.defaults import load_config
+from helpers import REPO
 
-DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
+DATA = os.path.join(REPO, "tests", "fixtures")
 sys.path.insert(0, DATA)
 import make_reference_checkpoints as reference  # noqa: E402
 
