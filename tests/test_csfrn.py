@@ -515,3 +515,21 @@ def test_csflm_configs_differ_from_their_baseline_only_in_csfrn_keys(m):
     b = _flat(_cfg(f"cityscapes/csfrn_{m}_r50_baseline.yaml"))
     diff = {k for k in a if a[k] != b[k]}
     assert diff and all(k.startswith("MODEL.CSFRN.") or k == "MODEL.DECODE_HEAD.NAME" for k in diff), diff
+
+
+def test_margin_overflow_guard_under_autocast():
+    """Under AMP the head clamps delta * m_k at MARGIN_CLAMP (50): huge margins give a finite loss,
+    equal to the functional loss with margin_clamp=50; in float32 without AMP the clamp is off."""
+    model = build_tiny(CSFRN).train()
+    dh = model.decode_head
+    g = torch.Generator().manual_seed(0)
+    emb = torch.randn(2, 4, 5, 6, generator=g)
+    mar = torch.full((2, 1, 5, 6), 20.0)  # exp(10 * 20) overflows float32
+    targets = torch.randint(0, 3, (2, 10, 12), generator=g)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        amp = dh.losses(emb, mar, targets)
+    ref, _ = class_aware_consistency_loss(emb, mar, targets, margin_clamp=50.0)
+    assert torch.isfinite(amp["loss_csfrn_consistency"]) and torch.allclose(amp["loss_csfrn_consistency"], 0.2 * ref)
+    small = mar * 0.001
+    plain = dh.losses(emb, small, targets)["loss_csfrn_consistency"]
+    assert torch.allclose(plain, 0.2 * class_aware_consistency_loss(emb, small, targets)[0])
