@@ -360,6 +360,10 @@ def test_head_feature_input_margins_off_and_weights():
     assert "loss_csfrn_smooth" not in losses and losses["loss_csfrn_consistency"] > 0
     with pytest.raises(ValueError, match="IN_FEATURE"):
         build_tiny(CSFRN + ["MODEL.CSFRN.IN_FEATURE", "res9"])
+    with pytest.raises(ValueError, match="ASPP.SEPARABLE"):  # checked against the wrapped head's keys
+        build_tiny(CSFRN + ["MODEL.DECODE_HEAD.ASPP.SEPARABLE", "True"])
+    build_tiny(CSFRN + ["MODEL.CSFRN.BASE_HEAD", "DeepLabV3PlusHead", "MODEL.DECODE_HEAD.ASPP.SEPARABLE", "True",
+                        "MODEL.DECODE_HEAD.IN_FEATURES", '["res2", "res5"]'])
     with pytest.raises(ValueError, match="LOSS_TYPE"):
         build_tiny(CSFRN + ["MODEL.CSFRN.LOSS_TYPE", "dice"])
 
