@@ -15,6 +15,7 @@ from detectron2.config import CfgNode as CN
 
 from .modeling.backbone.timm_backbone import add_timm_backbone_config
 from .modeling.classifiers.context_aware import add_cac_config
+from .modeling.csfrn.config import add_csfrn_config
 from .modeling.ecenet.config import add_ecenet_config
 from .modeling.heads.config import add_head_config  # importing segcls.modeling.heads registers the heads' keys
 from .modeling.losses.config import add_pixel_loss_config
@@ -27,6 +28,7 @@ _MODULE_CONFIGS = (
     add_ecenet_config,
     add_cac_config,
     add_car_config,
+    add_csfrn_config,
 )
 
 

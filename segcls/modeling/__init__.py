@@ -1,6 +1,6 @@
 """Importing this package registers segcls's backbones, heads, classifiers, losses,
 regularizers and meta-architectures in their registries."""
-from . import backbone, classifiers, heads, losses, meta_arch, regularizers
+from . import backbone, classifiers, csfrn, heads, losses, meta_arch, regularizers
 from .registry import (
     CLASSIFIER_REGISTRY,
     DECODE_HEAD_REGISTRY,

@@ -25,6 +25,9 @@ REFERENCE = torch.load(os.path.join(DATA, "reference_checkpoints.pth"), weights_
 # Defaults that changed on purpose since the reference was written, and the keys that restore the
 # old behaviour: CAC's static/oracle cross-entropies follow the released code's align_corners=True.
 RESTORE_OLD_DEFAULTS = {"cac": ["MODEL.CAC.SIDE_LOSS_ALIGN_CORNERS", "False"]}
+# Decode heads added after the reference was written: no earlier checkpoint of them exists
+# (CSFRNHead wraps the covered heads; tests/test_csfrn.py tests it).
+NEWER_THAN_REFERENCE = {"CSFRNHead"}
 
 
 @pytest.mark.parametrize("name", sorted(REFERENCE["cases"]))
@@ -45,4 +48,5 @@ def test_reference_cases_cover_every_decode_head():
 
     covered = {"FCNHead"} | {opts[opts.index("MODEL.DECODE_HEAD.NAME") + 1] for opts in (
         c["opts"] for c in REFERENCE["cases"].values()) if "MODEL.DECODE_HEAD.NAME" in opts}
-    assert covered == {name for name, cls in DECODE_HEAD_REGISTRY if cls.__module__.startswith("segcls.")}
+    registered = {name for name, cls in DECODE_HEAD_REGISTRY if cls.__module__.startswith("segcls.")}
+    assert covered == registered - NEWER_THAN_REFERENCE

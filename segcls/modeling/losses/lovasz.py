@@ -1,4 +1,8 @@
-"""Lovasz-softmax loss (Berman, Triki, Blaschko, "The Lovasz-Softmax loss", CVPR 2018)."""
+"""Lovasz-softmax and Lovasz hinge losses (Berman, Triki, Blaschko, "The Lovasz-Softmax loss",
+CVPR 2018; the hinge of Yu and Blaschko 2015), sharing one Jaccard-gradient helper
+(:func:`lovasz_grad`)."""
+from typing import Optional
+
 import torch
 from detectron2.config import configurable
 from torch import nn
@@ -11,13 +15,82 @@ def lovasz_grad(fg_sorted: torch.Tensor) -> torch.Tensor:
     Gradient of the Lovasz extension of the Jaccard loss w.r.t. errors sorted in decreasing order
     (Berman et al. Sec. 3.1, Algorithm 1): ``g_i = J(S_i) - J(S_{i-1})`` with
     ``J(S) = |S| / |F u S|``, ``S_i`` the first ``i`` sorted pixels and ``F`` the foreground.
-    fg_sorted: (P,) 0/1 foreground indicator in sorted order -> (P,).
+    fg_sorted: (..., P) 0/1 foreground indicator in sorted order (each row sorted on its own; the
+    leading dimensions are independent problems) -> (..., P). With no foreground g = (1, 0, ..., 0).
     """
-    total = fg_sorted.sum()
-    intersection = total - fg_sorted.cumsum(0)  # |F \ S_i|
-    union = total + (1 - fg_sorted).cumsum(0)  # |F u S_i|
+    total = fg_sorted.sum(-1, keepdim=True)
+    intersection = total - fg_sorted.cumsum(-1)  # |F \ S_i|
+    union = total + (1 - fg_sorted).cumsum(-1)  # |F u S_i|
     jaccard = 1 - intersection / union
-    return torch.cat([jaccard[:1], jaccard[1:] - jaccard[:-1]])
+    return torch.cat([jaccard[..., :1], jaccard[..., 1:] - jaccard[..., :-1]], dim=-1)
+
+
+def lovasz_hinge_flat(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """
+    Binary Lovasz hinge of one set of pixels (Berman et al.'s released ``lovasz_hinge_flat``):
+    ``signs = 2y - 1``, ``errors = 1 - logits * signs`` sorted in decreasing order,
+    ``loss = relu(errors_sorted) . lovasz_grad(y_sorted)``.
+    logits: (..., P) real scores (positive = foreground); labels: (..., P) in {0, 1}. The leading
+    dimensions are independent sets -> (...) losses. P = 0 gives 0 (kept in the graph). All-negative
+    labels give ``relu(max error)``.
+    """
+    if logits.shape[-1] == 0:
+        return logits.sum(-1) * 0.0
+    labels = labels.to(logits.dtype)
+    errors = 1.0 - logits * (2.0 * labels - 1.0)
+    errors_sorted, order = errors.sort(dim=-1, descending=True)
+    grad = lovasz_grad(labels.gather(-1, order))
+    return (errors_sorted.relu() * grad).sum(-1)
+
+
+def lovasz_hinge(
+    logits: torch.Tensor, labels: torch.Tensor, per_image: bool = True, ignore: Optional[int] = None
+) -> torch.Tensor:
+    """
+    Binary Lovasz hinge (Berman et al.'s released ``lovasz_hinge``). logits: (B, H, W) real
+    scores; labels: (B, H, W) in {0, 1} (and ``ignore``, whose pixels are dropped).
+    ``per_image=True``: the mean over the B images of :func:`lovasz_hinge_flat` of each image (an
+    image whose pixels are all ignored contributes 0 and still counts in the mean);
+    ``per_image=False``: one flat set of all the batch's valid pixels. Returns a scalar.
+    """
+    if per_image:
+        return torch.stack([lovasz_hinge(lg[None], lb[None], False, ignore) for lg, lb in zip(logits, labels)]).mean()
+    logits, labels = logits.reshape(-1), labels.reshape(-1)
+    if ignore is not None:
+        valid = labels != ignore
+        logits, labels = logits[valid], labels[valid]
+    return lovasz_hinge_flat(logits, labels)
+
+
+@PIXEL_LOSS_REGISTRY.register()
+class LovaszHingeLoss(nn.Module):
+    """
+    Binary Lovasz hinge as a pixel loss (:func:`lovasz_hinge`) for binary tasks: ``logits``
+    (N, 1, H, W) foreground scores, or (N, 2, H, W) whose score is ``logits[:, 1] - logits[:, 0]``;
+    targets (N, H, W) in {0, 1, ignore_value}. ``MODEL.LOSS.LOVASZ_PER_IMAGE`` as for
+    :class:`LovaszSoftmaxLoss` (False pools the batch).
+    """
+
+    name = "lovasz_hinge"
+
+    @configurable
+    def __init__(self, *, ignore_value: int = 255, per_image: bool = False):
+        super().__init__()
+        self.ignore_value = ignore_value
+        self.per_image = per_image
+
+    @classmethod
+    def from_config(cls, cfg, ignore_value):
+        return {"ignore_value": ignore_value, "per_image": cfg.MODEL.LOSS.LOVASZ_PER_IMAGE}
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if logits.shape[1] == 1:
+            scores = logits[:, 0]
+        elif logits.shape[1] == 2:
+            scores = logits[:, 1] - logits[:, 0]
+        else:
+            raise ValueError(f"LovaszHingeLoss is binary: expected 1 or 2 logit channels, got {logits.shape[1]}")
+        return lovasz_hinge(scores, targets, per_image=self.per_image, ignore=self.ignore_value)
 
 
 @PIXEL_LOSS_REGISTRY.register()
