@@ -15,10 +15,10 @@ from segcls.modeling import PIXEL_LOSS_REGISTRY
 from segcls.modeling.csfrn import AAM, CSFRNHead, class_aware_consistency_loss, class_statistics
 from segcls.modeling.losses import lovasz_grad, lovasz_hinge, lovasz_hinge_flat
 from segcls.modeling.losses.lovasz import LovaszSoftmaxLoss
-from helpers import TINY_MODEL, tiny_config
+from helpers import REPO, TINY_MODEL, tiny_config
 
 IGNORE = 255
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = REPO
 torch.set_default_dtype(torch.float32)
 
 
