@@ -6,6 +6,7 @@ directory of ``tests/conftest.py`` is on ``sys.path`` under pytest).
 import os
 
 import numpy as np
+import torch
 from PIL import Image
 
 from segcls.data.datasets import register_sem_seg
@@ -87,3 +88,18 @@ def tiny_config(output_dir, train=(), test=(), num_classes=3, opts=()):
     )
     cfg.freeze()
     return cfg
+
+
+def tiny_batch(seed=0, with_labels=True, num_classes=4, ignore_value=255):
+    """Two uint8 images of different sizes (40x48, 36x44) as model inputs, with random labels in
+    [0, num_classes) whose top 4 rows are ``ignore_value`` (``with_labels``)."""
+    g = torch.Generator().manual_seed(seed)
+    batch = []
+    for h, w in ((40, 48), (36, 44)):
+        item = {"image": torch.randint(0, 256, (3, h, w), generator=g, dtype=torch.uint8)}
+        if with_labels:
+            label = torch.randint(0, num_classes, (h, w), generator=g)
+            label[:4] = ignore_value
+            item["sem_seg"] = label
+        batch.append(item)
+    return batch

@@ -30,7 +30,7 @@ from segcls.modeling.regularizers.car import (
     intra_c2p_loss,
     resize_labels,
 )
-from helpers import REPO
+from helpers import REPO, tiny_batch
 
 warnings.filterwarnings("ignore", category=FutureWarning)
 IGNORE = 255
@@ -602,19 +602,6 @@ class ImageToLogits(torch.nn.Module):
 
     def forward(self, image):
         return self.model([{"image": image}])[0]["sem_seg"]
-
-
-def tiny_batch(seed=0, with_labels=True):
-    g = torch.Generator().manual_seed(seed)
-    batch = []
-    for h, w in ((40, 48), (36, 44)):
-        item = {"image": torch.randint(0, 256, (3, h, w), generator=g, dtype=torch.uint8)}
-        if with_labels:
-            label = torch.randint(0, 4, (h, w), generator=g)
-            label[:4] = IGNORE
-            item["sem_seg"] = label
-        batch.append(item)
-    return batch
 
 
 def test_car_adds_no_parameters_no_inference_cost(monkeypatch):

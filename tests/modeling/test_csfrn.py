@@ -15,7 +15,7 @@ from segcls.modeling import PIXEL_LOSS_REGISTRY
 from segcls.modeling.csfrn import AAM, CSFRNHead, class_aware_consistency_loss, class_statistics
 from segcls.modeling.losses import lovasz_grad, lovasz_hinge, lovasz_hinge_flat
 from segcls.modeling.losses.lovasz import LovaszSoftmaxLoss
-from helpers import REPO, TINY_MODEL, tiny_config
+from helpers import REPO, TINY_MODEL, tiny_batch, tiny_config
 
 IGNORE = 255
 ROOT = REPO
@@ -314,19 +314,6 @@ HEADS = {
 def build_tiny(opts=(), seed=0):
     torch.manual_seed(seed)
     return build_model(load_config("", TINY_MODEL + ["MODEL.SEM_SEG_HEAD.NUM_CLASSES", "4"] + list(opts)))
-
-
-def tiny_batch(seed=0, with_labels=True):
-    g = torch.Generator().manual_seed(seed)
-    batch = []
-    for h, w in ((40, 48), (36, 44)):
-        item = {"image": torch.randint(0, 256, (3, h, w), generator=g, dtype=torch.uint8)}
-        if with_labels:
-            label = torch.randint(0, 4, (h, w), generator=g)
-            label[:4] = IGNORE
-            item["sem_seg"] = label
-        batch.append(item)
-    return batch
 
 
 @pytest.mark.parametrize("head", list(HEADS))
