@@ -34,7 +34,7 @@ NEWER_THAN_REFERENCE = {"CSFRNHead"}
 def test_old_checkpoint_loads_and_computes_the_same(name):
     case = REFERENCE["cases"][name]
     model = build_model(load_config(opts=case["opts"] + RESTORE_OLD_DEFAULTS.get(name, [])))
-    result = model.load_state_dict(case["state_dict"], strict=True)
+    result = model.load_state_dict(reference.state_dict(REFERENCE, name), strict=True)
     assert not result.missing_keys and not result.unexpected_keys
     outputs, losses = reference.run(model, REFERENCE["inputs"])
     torch.testing.assert_close(outputs, case["outputs"], rtol=1e-5, atol=1e-5)
