@@ -3,6 +3,7 @@ Helpers for the tests: tiny on-disk datasets and tiny model configs, so a test t
 in seconds on CPU. Not part of the installed package (tests import it as ``helpers``; the
 directory of ``tests/conftest.py`` is on ``sys.path`` under pytest).
 """
+import importlib.util
 import os
 
 import numpy as np
@@ -103,3 +104,23 @@ def tiny_batch(seed=0, with_labels=True, num_classes=4, ignore_value=255):
             item["sem_seg"] = label
         batch.append(item)
     return batch
+
+
+def load_script(relative_path):
+    """Import a repository script (e.g. ``"tools/analyze_model.py"``) as a module, to call its functions."""
+    name = os.path.splitext(os.path.basename(relative_path))[0]
+    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, relative_path))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class ImageToLogits(torch.nn.Module):
+    """(3, H, W) image -> the model's inference logits, for fvcore's tracer."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, image):
+        return self.model([{"image": image}])[0]["sem_seg"]

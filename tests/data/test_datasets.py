@@ -2,7 +2,6 @@
 Datasets, preparation scripts and the mapper, on tiny fixtures written in each dataset's exact
 on-disk layout (see datasets/README.md).
 """
-import importlib.util
 import os
 
 import numpy as np
@@ -39,7 +38,7 @@ from segcls.data.datasets.pascal_context import (
     convert_pascal_context_59_label,
 )
 from segcls.data.datasets.prepare import PreparationError
-from helpers import REPO
+from helpers import REPO, load_script
 
 H, W = 24, 32
 
@@ -67,10 +66,7 @@ def raw_label(values, h=H, w=W, seed=0):
 
 def run_script(name, root, *args):
     """Run datasets/<name>.py's main() in-process."""
-    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "datasets", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main(["--root", str(root), *args])
+    return load_script(f"datasets/{name}.py").main(["--root", str(root), *args])
 
 
 def read_png(path):

@@ -4,7 +4,6 @@ offline weights (timm, official Swin, torchvision -> detectron2 ResNet), the bac
 the solver's layer decay / position-table weight decay. Small variants at 64x64, on CPU.
 """
 import glob
-import importlib.util
 import logging
 import os
 
@@ -25,7 +24,7 @@ from segcls.modeling.backbone import TimmBackbone, load_backbone_weights
 from segcls.modeling.backbone.timm_backbone import _PadFirstSwinBlock
 from segcls.modeling.backbone.utils import get_backbone_stage_ids
 from segcls.solver import get_param_groups
-from helpers import REPO
+from helpers import REPO, load_script
 
 ROOT = REPO
 CONFIGS = os.path.join(ROOT, "configs", "backbones")
@@ -385,10 +384,7 @@ def test_convert_pretrained_tool_feeds_model_weights(tmp_path):
     source, output = str(tmp_path / "r18.pth"), str(tmp_path / "r18_d2.pth")
     torch.save(tv.state_dict(), source)
     opts = ["MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64", "MODEL.RESNETS.OUTPUT_STRIDE", "32"]
-    tool_path = os.path.join(ROOT, "tools", "convert_pretrained.py")
-    spec = importlib.util.spec_from_file_location("convert_pretrained", tool_path)
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_script("tools/convert_pretrained.py")
     tool.main(["--input", source, "--output", output] + opts)
     checkpoint = torch.load(output, weights_only=True)
     assert checkpoint["matching_heuristics"] is False and "segcls" in checkpoint["__author__"]

@@ -30,7 +30,7 @@ from segcls.modeling.regularizers.car import (
     intra_c2p_loss,
     resize_labels,
 )
-from helpers import REPO, tiny_batch
+from helpers import REPO, ImageToLogits, load_script, tiny_batch
 
 warnings.filterwarnings("ignore", category=FutureWarning)
 IGNORE = 255
@@ -593,17 +593,6 @@ def build_tiny(opts=(), seed=0):
     return build_model(load_config("", TINY_MODEL + list(opts)))
 
 
-class ImageToLogits(torch.nn.Module):
-    """(3, H, W) image -> the model's inference logits, for fvcore's tracer."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, image):
-        return self.model([{"image": image}])[0]["sem_seg"]
-
-
 def test_car_adds_no_parameters_no_inference_cost(monkeypatch):
     """Same architecture flags (CAR's projection + "A"), same seed: CAR-on and CAR-off models have
     identical parameters, inference outputs and inference FLOPs; CAR runs in training only."""
@@ -808,15 +797,6 @@ def test_car_trains_with_every_head(head):
 # -------------------------------------------------------------------------------------------------
 # Analysis tools (Figs. 4 and 5) on a random-init tiny model and a generated dataset
 # -------------------------------------------------------------------------------------------------
-def _load_tool(name):
-    import importlib.util
-
-    path = os.path.join(os.path.dirname(CONFIG_ROOT), "tools", f"{name}.py")
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 @pytest.fixture(scope="module")
 def car_tiny_dataset(tmp_path_factory):
@@ -863,7 +843,7 @@ def test_class_dependency_tool(car_tiny_dataset, tmp_path):
     model = load_model(cfg)
     DetectionCheckpointer(model, save_dir=str(tmp_path)).save("tiny")
     out = tmp_path / "dep.png"
-    summary = _load_tool("car_class_dependency").main(
+    summary = load_script("tools/car_class_dependency.py").main(
         ["--config-file", config, "--dataset", name, "--output", str(out), "MODEL.WEIGHTS", str(tmp_path / "tiny.pth")]
     )
     assert out.stat().st_size > 0 and json.loads((tmp_path / "dep.json").read_text())["classes"] == ["a", "b", "c", "d"]
@@ -887,7 +867,7 @@ def test_pixel_relation_tool(car_tiny_dataset, tmp_path):
 
     name, config = car_tiny_dataset
     out = tmp_path / "rel.png"
-    tool = _load_tool("car_pixel_relation")
+    tool = load_script("tools/car_pixel_relation.py")
     relation = tool.main(["--config-file", config, "--dataset", name, "--index", "1", "--pixel", "30", "5",
                           "--output", str(out)])
     assert out.stat().st_size > 0 and relation.shape == (40, 48) and np_isfinite(relation)

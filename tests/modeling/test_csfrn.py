@@ -1,6 +1,5 @@
 """CSFRN (paper 003): the Lovasz hinge, the Class-Aware Consistency and smooth losses, CSFLM, AAM and
 the CSFRNHead wrapper, each against a direct, slow float64 formulation of the issue's rules."""
-import importlib.util
 import math
 import os
 
@@ -15,7 +14,7 @@ from segcls.modeling import PIXEL_LOSS_REGISTRY
 from segcls.modeling.csfrn import AAM, CSFRNHead, class_aware_consistency_loss, class_statistics
 from segcls.modeling.losses import lovasz_grad, lovasz_hinge, lovasz_hinge_flat
 from segcls.modeling.losses.lovasz import LovaszSoftmaxLoss
-from helpers import REPO, TINY_MODEL, tiny_batch, tiny_config
+from helpers import REPO, TINY_MODEL, ImageToLogits, load_script, tiny_batch, tiny_config
 
 IGNORE = 255
 ROOT = REPO
@@ -368,28 +367,12 @@ def test_head_losses_equal_the_functional_loss_with_weights():
     assert torch.allclose(out.losses["loss_csfrn_smooth"], 0.2 * smooth)
 
 
-def _load_tool(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "tools", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-class ImageToLogits(torch.nn.Module):
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, image):
-        return self.model([{"image": image}])[0]["sem_seg"]
-
-
 @pytest.mark.parametrize("aam", [True, False])
 def test_inference_cost_is_only_the_embedding_branch_and_aam(aam):
     """CSFRN-on vs off: the extra inference FLOPs are exactly those of CSFLM's 3x3 conv and
     embedding (the margin branch never runs at inference) and of AAM; parameters likewise (plus
     the margin conv, training only)."""
-    tool = _load_tool("analyze_model")
+    tool = load_script("tools/analyze_model.py")
     on = build_tiny(CSFRN + ["MODEL.CSFRN.AAM.ENABLED", str(aam)]).eval()
     off = build_tiny().eval()
     calls = []

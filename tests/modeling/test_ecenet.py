@@ -4,7 +4,6 @@ docstring, then the meta-architecture end to end (training on tiny random data, 
 through detectron2's SemSegEvaluator), configs and tools/analyze_model.py.
 """
 import glob
-import importlib.util
 import math
 import os
 
@@ -34,7 +33,7 @@ from segcls.modeling.ecenet import (
 )
 from segcls.modeling.ecenet.criterion import present_classes
 from segcls.modeling.meta_arch import ECENet, PerPixelSegmentor
-from helpers import REPO
+from helpers import REPO, load_script
 
 NUM_CLASSES = 4
 TINY = [
@@ -591,9 +590,7 @@ def test_paper_resnet_configs():
 
 
 def test_analyze_model_tool():
-    spec = importlib.util.spec_from_file_location("analyze_model", os.path.join(REPO, "tools", "analyze_model.py"))
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_script("tools/analyze_model.py")
     for meta in ["ECENet", "PerPixelSegmentor"]:
         cfg = tiny_cfg("MODEL.META_ARCHITECTURE", meta, "MODEL.DECODE_HEAD.CHANNELS", "16")
         result = tool.analyze(cfg, 64, 64)

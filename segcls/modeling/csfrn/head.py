@@ -32,8 +32,8 @@ from torch import nn
 from torch.nn import functional as F
 from torchvision.ops import DeformConv2d
 
-from ..heads.tail import conv_norm_act
-from ..layers import resize
+from ..heads.config import validate_head_node
+from ..layers import conv_norm_act, resize
 from ..outputs import SegOutputs
 from ..registry import DECODE_HEAD_REGISTRY
 from .loss import LOSS_TYPES, class_aware_consistency_loss
@@ -96,20 +96,6 @@ class AAM(nn.Module):
         return self.fuse(torch.cat([self.deform_x(x, offset), self.deform_y(y, offset)], dim=1))
 
 
-def _validate_as_base_head(cfg, prefix: str, base_name: str):
-    """The head node's own keys are checked as if its ``NAME`` were the wrapped head: a key of
-    another head set to a non-default value is an error naming it (CSFRNHead reads none itself)."""
-    from ..heads.config import validate_head_node
-
-    view = cfg.clone()
-    view.defrost()
-    node = view
-    for part in prefix.split("."):
-        node = node[part]
-    node.NAME = base_name
-    validate_head_node(view, prefix)
-
-
 @DECODE_HEAD_REGISTRY.register()
 class CSFRNHead(nn.Module):
     """CSFLM + Class-Aware Consistency / smooth losses + AAM around any decode head (module docstring)."""
@@ -163,7 +149,7 @@ class CSFRNHead(nn.Module):
         node = cfg.MODEL.CSFRN
         if node.BASE_HEAD == cls.__name__:
             raise ValueError("MODEL.CSFRN.BASE_HEAD must name the wrapped head, not CSFRNHead itself")
-        _validate_as_base_head(cfg, prefix, node.BASE_HEAD)
+        validate_head_node(cfg, prefix, head_name=node.BASE_HEAD)  # the node is read by the wrapped head
         base_head = DECODE_HEAD_REGISTRY.get(node.BASE_HEAD)(cfg, input_shape, prefix=prefix)
         if node.IN_FEATURE == HEAD_FEATURE:
             in_channels = base_head.out_channels

@@ -140,24 +140,26 @@ def validate_sem_seg_head(cfg):
         )
 
 
-def validate_head_node(cfg, prefix: str):
+def validate_head_node(cfg, prefix: str, head_name: Optional[str] = None):
     """Reject a head-specific key of the node ``prefix`` (e.g. ``"MODEL.AUX_HEAD"``) that is set to a
-    non-default value while the node's head does not read it."""
+    non-default value while the node's head does not read it. ``head_name``: the head that reads
+    the node, when it is not ``<prefix>.NAME`` itself (a wrapper such as CSFRNHead passes its base head)."""
     node = cfg
     for part in prefix.split("."):
         node = node[part]
-    known = {name for entry in _HEAD_KEYS for name in entry.used_by}
-    if node.NAME not in known:
+    name = head_name or node.NAME
+    known = {used for entry in _HEAD_KEYS for used in entry.used_by}
+    if name not in known:
         return
+    reader = f"{prefix}.NAME is {name}" if head_name is None else f"the head of {prefix} is {name} (in {node.NAME})"
     for entry in _HEAD_KEYS:
-        if node.NAME in entry.used_by:
+        if name in entry.used_by:
             continue
         defaults = CN()
         _declare(defaults, entry)
         for key, value in _changed_keys(node, defaults, prefix).items():
             raise ValueError(
-                f"{key} is set (to {value!r}) but {prefix}.NAME is {node.NAME}, which does not read it "
-                f"(read by {', '.join(entry.used_by)})"
+                f"{key} is set (to {value!r}) but {reader}, which does not read it (read by {', '.join(entry.used_by)})"
             )
 
 

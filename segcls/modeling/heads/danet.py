@@ -4,7 +4,6 @@ from typing import Dict
 import torch
 from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
-from torch import nn
 
 from ...utils.config import get_config_node
 from ..classifiers import LinearClassifier

@@ -20,7 +20,7 @@ from torch import nn
 from ..layers import conv_norm_act
 from ..outputs import SegOutputs
 
-__all__ = ["HeadTail", "conv_norm_act"]
+__all__ = ["HeadTail"]
 
 
 class HeadTail(nn.Module):
