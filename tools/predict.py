@@ -206,7 +206,7 @@ def predict_video(predictor, path, name, metadata, args):
     (0 and a message if the video cannot be read)."""
     capture = cv2.VideoCapture(path)
     if not capture.isOpened():
-        tqdm.write(f"skipping '{path}': cannot open the video")
+        tqdm.write(f"skipping '{path}': cannot open the video", file=sys.stderr)
         return 0
     fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
     count, writer = 0, None
@@ -231,7 +231,7 @@ def predict_video(predictor, path, name, metadata, args):
             if count == 0:
                 raise ImageReadError(f"video '{path}' has no readable frames")
     except ImageReadError as e:
-        tqdm.write(f"skipping: {e}")
+        tqdm.write(f"skipping: {e}", file=sys.stderr)
     finally:
         capture.release()
     return count
@@ -257,7 +257,7 @@ def main(argv=None):
             good = []
             for inp in batch:
                 if "error" in inp:
-                    tqdm.write(f"skipping '{inp['file_name']}': {inp['error']}")
+                    tqdm.write(f"skipping '{inp['file_name']}': {inp['error']}", file=sys.stderr)
                     skipped += 1
                 else:
                     good.append(inp)
