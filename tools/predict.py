@@ -36,7 +36,6 @@ import numpy as np
 import torch
 import torch.utils.data as torchdata
 from detectron2.data import MetadataCatalog
-from detectron2.data.catalog import Metadata
 from detectron2.utils.visualizer import Visualizer
 from tqdm import tqdm
 
@@ -44,7 +43,7 @@ import segcls  # noqa: F401  (registers datasets and modules)
 from segcls.data import ImageReadError
 from segcls.engine import SemSegPredictor, load_config
 from segcls.utils.io import atomic_path, atomic_save_image, atomic_save_label_png, atomic_write
-from segcls.utils.visualization import default_palette, segmentation_panel
+from segcls.utils.visualization import drawing_metadata, segmentation_panel
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm")
@@ -125,16 +124,10 @@ def check_no_overwrite(inputs, input_args, output_dir, args):
 
 
 def metadata_for(cfg, dataset):
-    """Class names and colours (a detectron2 ``Metadata``) for drawing: those of ``dataset`` (default
-    DATASETS.TEST[0] / TRAIN[0]), colours filled with segcls's default palette where missing."""
-    names = [dataset] if dataset else list(cfg.DATASETS.TEST[:1]) or list(cfg.DATASETS.TRAIN[:1])
-    num_classes = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
-    meta = MetadataCatalog.get(names[0]) if names else None
-    classes = list(getattr(meta, "stuff_classes", None) or [f"class {k}" for k in range(num_classes)])
-    if len(classes) != num_classes:
-        raise ValueError(f"dataset '{names[0]}' has {len(classes)} classes but MODEL.SEM_SEG_HEAD.NUM_CLASSES={num_classes}")
-    colors = getattr(meta, "stuff_colors", None) or default_palette(num_classes).tolist()
-    return Metadata(name=names[0] if names else "", stuff_classes=classes, stuff_colors=[list(map(int, c)) for c in colors])
+    """Class names and colours for drawing: those of ``dataset`` (default DATASETS.TEST[0], else
+    DATASETS.TRAIN[0]; none: "class k" and segcls's default palette)."""
+    name = dataset or next(iter(cfg.DATASETS.TEST or cfg.DATASETS.TRAIN), None)
+    return drawing_metadata(MetadataCatalog.get(name) if name else None, cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES)
 
 
 class ImageFiles(torchdata.Dataset):

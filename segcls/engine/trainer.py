@@ -92,15 +92,17 @@ class Trainer(DefaultTrainer):
         TensorBoard panels every ``VIS_PERIOD`` (:mod:`segcls.engine.visualization`)."""
         ret = [IterationSeedHook(self.cfg.SEED)]
         d2_hooks = super().build_hooks()
+        # after the evaluation, before the writers (PeriodicWriter, main process only, comes last)
+        after_eval = [i for i, h in enumerate(d2_hooks) if isinstance(h, hooks.EvalHook)][-1] + 1
+        d2_hooks.insert(after_eval, TrainingPanelsHook.from_config(self.cfg))
         if self.cfg.MODEL.EMA.ENABLED:
             ema = ModelEMA(self.model, self.cfg.MODEL.EMA.DECAY, self.cfg.MODEL.EMA.WARMUP)
             self.checkpointer.add_checkpointable(EMA_CHECKPOINT_KEY, ema)
             ret.append(EMAHook(ema))
-            eval_index = next(i for i, h in enumerate(d2_hooks) if isinstance(h, hooks.EvalHook)) + 1
-            d2_hooks.insert(eval_index, hooks.EvalHook(
+            d2_hooks.insert(after_eval, hooks.EvalHook(
                 self.cfg.TEST.EVAL_PERIOD, lambda: {"ema": self.test(self.cfg, ema.module, eval_dir="eval_ema")}
             ))
-        return ret + d2_hooks + [TrainingPanelsHook.from_config(self.cfg)]
+        return ret + d2_hooks
 
     def build_writers(self):
         """detectron2's writers (console, ``metrics.json``, TensorBoard) and, with

@@ -1,6 +1,7 @@
-"""Label-map colouring for overlays and analysis figures."""
+"""Label-map colouring, legends and panels for overlays, TensorBoard pictures and analysis figures."""
 import cv2
 import numpy as np
+from detectron2.data.catalog import Metadata
 
 
 def default_palette(num_classes, seed=0):
@@ -48,3 +49,18 @@ def segmentation_panel(image, labels, class_names, colors=None, ignore_value=255
     row = np.concatenate(panels, axis=1)
     present = sorted({int(v) for lab in labels for v in np.unique(lab) if 0 <= v < num_classes and v != ignore_value})
     return np.concatenate([row, draw_legend(present, class_names, palette, row.shape[1])], axis=0)
+
+
+def drawing_metadata(meta, num_classes):
+    """
+    A detectron2 ``Metadata`` with ``stuff_classes`` and ``stuff_colors`` for drawing with
+    ``Visualizer.draw_sem_seg`` (which would pick random colours where a dataset has none): those
+    of ``meta`` (a dataset's metadata, or None), else ``"class k"`` names and :func:`default_palette`.
+    Raises ``ValueError`` if ``meta`` has another number of classes than ``num_classes``.
+    """
+    classes = list(getattr(meta, "stuff_classes", None) or [f"class {k}" for k in range(num_classes)])
+    if len(classes) != num_classes:
+        raise ValueError(f"dataset '{meta.name}' has {len(classes)} classes but MODEL.SEM_SEG_HEAD.NUM_CLASSES={num_classes}")
+    colors = getattr(meta, "stuff_colors", None) or default_palette(num_classes).tolist()
+    return Metadata(name=getattr(meta, "name", ""), stuff_classes=classes,
+                    stuff_colors=[[int(c) for c in color] for color in colors[:num_classes]])
