@@ -106,3 +106,20 @@ def test_missing_ema_weights_is_a_clear_error(tmp_path, tiny_dataset):
     trainer.train()
     with pytest.raises(KeyError, match="holds no EMA weights.*MODEL.EMA.ENABLED"):
         SemSegPredictor(cfg, weights=str(tmp_path / "model_final.pth"), ema=True)
+
+
+def test_eval_only_evaluates_raw_and_ema_weights(tmp_path, tiny_dataset):
+    from segcls.engine import default_argument_parser, train_net_main
+
+    cfg = tiny_config(tmp_path / "train", train=[tiny_dataset], test=[tiny_dataset], opts=EMA_OPTS + ["SOLVER.MAX_ITER", "2"])
+    Trainer(cfg).train()
+    config_file = tmp_path / "config.yaml"
+    config_file.write_text(cfg.dump())
+    args = default_argument_parser().parse_args([
+        "--config-file", str(config_file), "--eval-only",
+        "MODEL.WEIGHTS", str(tmp_path / "train" / "model_final.pth"), "OUTPUT_DIR", str(tmp_path / "eval_only"),
+    ])
+    results = train_net_main(args)
+    ema_results = json.loads((tmp_path / "eval_only" / "eval_ema" / "results.json").read_text())
+    assert results["ema"][tiny_dataset]["sem_seg"]["mIoU"] == ema_results[tiny_dataset]["sem_seg"]["mIoU"]
+    assert (tmp_path / "eval_only" / "eval" / "results.json").is_file()
