@@ -16,6 +16,7 @@ records, or with ``--shuffle`` a random choice (``--seed``). Trailing ``KEY VALU
 """
 import argparse
 import os
+import sys
 
 import numpy as np
 from detectron2.data import DatasetCatalog, MetadataCatalog
@@ -91,4 +92,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (OSError, ValueError, KeyError, ImportError) as e:  # bad input: the message, not a traceback
+        sys.exit(f"browse_dataset.py: error: {e.args[0] if isinstance(e, KeyError) else e}")

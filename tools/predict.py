@@ -269,4 +269,7 @@ def main(argv=None):
 
 if __name__ == "__main__":
     torch.set_grad_enabled(False)
-    main()
+    try:
+        main()
+    except (OSError, ValueError, KeyError, ImportError) as e:  # bad input: the message, not a traceback
+        sys.exit(f"predict.py: error: {e.args[0] if isinstance(e, KeyError) else e}")
