@@ -42,6 +42,7 @@ from tqdm import tqdm
 import segcls  # noqa: F401  (registers datasets and modules)
 from segcls.data import ImageReadError
 from segcls.engine import SemSegPredictor, load_config
+from segcls.engine.visualization import input_image_rgb
 from segcls.utils.io import atomic_path, atomic_save_image, atomic_save_label_png, atomic_write
 from segcls.utils.visualization import drawing_metadata, segmentation_panel
 
@@ -173,22 +174,13 @@ def draw(image_rgb, pred, metadata, args):
     return segmentation_panel(image_rgb, [pred], metadata.stuff_classes, metadata.stuff_colors)
 
 
-def original_rgb(inp, input_format):
-    """The input image in RGB at its original size (undoing the test-time resize)."""
-    image = inp["image"].permute(1, 2, 0).numpy()
-    if input_format == "BGR":
-        image = image[..., ::-1]
-    if image.shape[:2] != (inp["height"], inp["width"]):
-        image = cv2.resize(image, (inp["width"], inp["height"]), interpolation=cv2.INTER_LINEAR)
-    return np.ascontiguousarray(image)
-
-
 def write_image_outputs(predictor, inp, scores, metadata, args):
     pred = scores.argmax(dim=0).numpy()
     paths = output_paths(args.output, inp["output_name"], args, is_video=False)
     atomic_save_label_png(pred, paths[0], palette=metadata.stuff_colors)
     if args.overlay != "none":
-        atomic_save_image(draw(original_rgb(inp, predictor.input_format), pred, metadata, args), paths[1])
+        image = input_image_rgb(inp, predictor.input_format, (inp["height"], inp["width"]))
+        atomic_save_image(draw(image, pred, metadata, args), paths[1])
     if args.probs:
         with atomic_write(paths[-1]) as f:
             np.save(f, predictor.probabilities(scores).numpy().astype(np.float16))

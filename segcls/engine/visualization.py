@@ -30,15 +30,22 @@ from ..utils.visualization import segmentation_panel
 from .ema import unwrap_model
 
 
+def input_image_rgb(inp, image_format, size):
+    """The (H, W, 3) uint8 RGB image of a model input (mapper dict, ``"image"`` (3, h, w) in
+    ``image_format``), resized (bilinear) to ``size`` = (H, W) if it differs (test-time resize)."""
+    image = inp["image"].permute(1, 2, 0).cpu().numpy().astype(np.uint8)
+    if image_format == "BGR":
+        image = image[..., ::-1]
+    if image.shape[:2] != tuple(size):
+        image = cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
+    return np.ascontiguousarray(image)
+
+
 def prediction_panel(inp, output, metadata, image_format="RGB"):
     """(3, h, w) CHW float panel in [0, 1] of a model input (mapper dict) and its model output
     (``{"sem_seg": (K, H, W)}``), for ``put_image``; the image is resized to the output size."""
     pred = output["sem_seg"].argmax(dim=0).cpu().numpy()
-    image = inp["image"].permute(1, 2, 0).cpu().numpy().astype(np.uint8)
-    if image_format == "BGR":
-        image = image[..., ::-1]
-    if image.shape[:2] != pred.shape:  # test-time resized input
-        image = cv2.resize(image, (pred.shape[1], pred.shape[0]), interpolation=cv2.INTER_LINEAR)
+    image = input_image_rgb(inp, image_format, pred.shape)
     labels = [inp["sem_seg"].cpu().numpy(), pred] if "sem_seg" in inp else [pred]
     panel = segmentation_panel(image, labels, metadata.stuff_classes, getattr(metadata, "stuff_colors", None),
                                getattr(metadata, "ignore_label", 255))
