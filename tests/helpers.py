@@ -91,6 +91,16 @@ def tiny_config(output_dir, train=(), test=(), num_classes=3, opts=()):
     return cfg
 
 
+def save_random_model(cfg, folder):
+    """Save a freshly initialised (seed 0) model of ``cfg`` as ``folder/model.pth``; returns the path."""
+    from detectron2.checkpoint import DetectionCheckpointer
+    from segcls.engine import Trainer
+
+    torch.manual_seed(0)
+    DetectionCheckpointer(Trainer.build_model(cfg), save_dir=str(folder)).save("model")
+    return os.path.join(str(folder), "model.pth")
+
+
 def tiny_batch(seed=0, with_labels=True, num_classes=4, ignore_value=255):
     """Two uint8 images of different sizes (40x48, 36x44) as model inputs, with random labels in
     [0, num_classes) whose top 4 rows are ``ignore_value`` (``with_labels``)."""
