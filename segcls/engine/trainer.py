@@ -36,10 +36,13 @@ from .. import solver
 from ..data import build_test_loader, build_train_loader
 from ..data.datasets import check_datasets, register_custom_datasets
 from ..evaluation import build_evaluator
-from ..utils.io import atomic_write
+from ..utils.io import atomic_write, remove_stale_temp_files
 from .checkpoint import SegclsCheckpointer
 
 logger = logging.getLogger(__name__)
+
+# Where Trainer.test writes the evaluation results, relative to OUTPUT_DIR.
+METRICS_FILE = os.path.join("eval", "metrics.json")
 
 
 def with_resolved_seed(cfg):
@@ -182,6 +185,8 @@ class Trainer(DefaultTrainer):
         self._trainer.load_state_dict(state_dict["_trainer"])
 
     def resume_or_load(self, resume=True):
+        if resume and comm.is_main_process() and remove_stale_temp_files(self.cfg.OUTPUT_DIR):
+            logger.info(f"Removed the temporary files of an interrupted checkpoint save in {self.cfg.OUTPUT_DIR}")
         super().resume_or_load(resume=resume)
         self.train_loader.set_start_iter(self.start_iter)
 
@@ -211,14 +216,14 @@ class Trainer(DefaultTrainer):
     def test(cls, cfg, model, evaluators=None):
         """
         Evaluate on every dataset of ``cfg.DATASETS.TEST``; returns ``{dataset: {task: metrics}}``
-        and, on the main process, writes it to ``OUTPUT_DIR/eval/metrics.json`` (atomically).
+        and, on the main process, writes it to ``OUTPUT_DIR/<METRICS_FILE>`` (atomically).
         """
         results = OrderedDict()
         for idx, dataset_name in enumerate(cfg.DATASETS.TEST):
             evaluator = cls.build_evaluator(cfg, dataset_name) if evaluators is None else evaluators[idx]
             results[dataset_name] = inference_on_dataset(model, cls.build_test_loader(cfg, dataset_name), evaluator)
         if comm.is_main_process() and cfg.OUTPUT_DIR:
-            write_metrics(results, os.path.join(cfg.OUTPUT_DIR, "eval", "metrics.json"))
+            write_metrics(results, os.path.join(cfg.OUTPUT_DIR, METRICS_FILE))
         return results
 
 

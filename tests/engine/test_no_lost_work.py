@@ -109,7 +109,9 @@ def test_sigkill_during_a_save_leaves_no_truncated_checkpoint(tmp_path, data):
     pth = sorted(p for p in os.listdir(out) if p.endswith(".pth"))
     assert pth == ["model_0000002.pth"]
     assert (out / "last_checkpoint").read_text() == "model_0000002.pth"
-    resumed = _resume(out, custom)  # the stale temporary file is harmless
+    assert [p for p in os.listdir(out) if p.startswith(".model_0000005.pth.")]  # what the kill left
+    resumed = _resume(out, custom)
+    assert not [p for p in os.listdir(out) if p.endswith(".tmp")]  # removed on resume
     assert resumed.start_iter == 3
     _assert_identical(straight, _weights(resumed))
 
