@@ -36,6 +36,7 @@ from .. import solver
 from ..data import build_test_loader, build_train_loader
 from ..data.datasets import check_datasets, register_custom_datasets
 from ..evaluation import build_evaluator
+from ..modeling.layers import cpu_sync_batch_norm
 from ..utils.io import atomic_write, remove_stale_temp_files
 from .checkpoint import SegclsCheckpointer
 
@@ -189,6 +190,17 @@ class Trainer(DefaultTrainer):
             logger.info(f"Removed the temporary files of an interrupted checkpoint save in {self.cfg.OUTPUT_DIR}")
         super().resume_or_load(resume=resume)
         self.train_loader.set_start_iter(self.start_iter)
+
+    @classmethod
+    def build_model(cls, cfg):
+        """detectron2's model builder; on CPU, SyncBN layers become a cross-process BN that runs
+        there (:func:`~segcls.modeling.layers.cpu_sync_batch_norm`, logged once)."""
+        model = super().build_model(cfg)
+        if model.device.type == "cpu":
+            replaced = cpu_sync_batch_norm(model)
+            if replaced:
+                logger.info(f"MODEL.DEVICE cpu: {replaced} SyncBN layers run as NaiveSyncBatchNorm (all-reduce over gloo)")
+        return model
 
     @classmethod
     def build_train_loader(cls, cfg):

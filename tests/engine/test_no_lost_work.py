@@ -10,6 +10,7 @@ import torch
 import yaml
 from detectron2.engine import HookBase
 
+from segcls.data.datasets import DatasetNotFoundError
 from segcls.engine import Trainer
 from segcls.engine.checkpoint import NotACheckpointError, SegclsCheckpointer, WeightsMismatchError
 from segcls.engine.defaults import default_argument_parser, load_config, train_net_main
@@ -196,3 +197,15 @@ def test_flags_after_overrides_and_missing_base_are_explained(tmp_path):
     child.write_text("_BASE_: missing/Base.yaml\n")
     with pytest.raises(FileNotFoundError, match=f"Base.yaml' \\(the _BASE_ of '{child}'\\) does not exist"):
         load_config(str(child))
+
+
+def test_dataset_mistakes_fail_at_start_up(tmp_path, data):
+    custom, _ = data
+    with pytest.raises(ValueError, match=f"dataset '{NAME}' has 3 classes .* MODEL.SEM_SEG_HEAD.NUM_CLASSES is 4"):
+        Trainer(_cfg(tmp_path, custom, ["MODEL.SEM_SEG_HEAD.NUM_CLASSES", "4"]))
+    image_dir, label_dir = write_tiny_dataset(str(tmp_path / "val"), num_images=2)
+    os.remove(os.path.join(label_dir, "001.png"))
+    entries = eval(custom[1]) + eval(custom_dataset_entry("segcls_test_val_safety", image_dir, label_dir))
+    cfg = tiny_config(tmp_path, train=[NAME], test=["segcls_test_val_safety"], opts=["DATASETS.CUSTOM", str(entries)])
+    with pytest.raises(DatasetNotFoundError, match="001.jpg' has no label file"):
+        Trainer(cfg)  # not at the first evaluation after the whole schedule
