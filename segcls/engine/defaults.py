@@ -97,19 +97,18 @@ def check_output_dir(output_dir, overwrite=False):
     the main process deletes them instead (logged).
     """
     found = sorted(p for pattern in RUN_FILES for p in glob.glob(os.path.join(output_dir, pattern)))
-    if not found:
-        return
-    if not overwrite:
+    if found and not overwrite:
         raise FileExistsError(
             f"OUTPUT_DIR '{output_dir}' holds another run ({', '.join(os.path.basename(p) for p in found[:5])}"
             f"{', ...' if len(found) > 5 else ''}): pass --resume to continue it, choose a new OUTPUT_DIR, or "
             "pass --overwrite to delete its checkpoints and metrics and start again"
         )
-    if comm.is_main_process():
-        for path in found:
-            os.remove(path)
-        logger.warning(f"--overwrite: deleted {len(found)} files of the previous run in '{output_dir}'")
-    comm.synchronize()
+    if overwrite:  # every process gets here (same flag), so the barrier is matched
+        if comm.is_main_process() and found:
+            for path in found:
+                os.remove(path)
+            logger.warning(f"--overwrite: deleted {len(found)} files of the previous run in '{output_dir}'")
+        comm.synchronize()
 
 
 def saved_seed(output_dir):
