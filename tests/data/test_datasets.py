@@ -4,6 +4,9 @@ on-disk layout (see datasets/README.md).
 """
 import glob
 import os
+import shutil
+import subprocess
+import tempfile
 
 import numpy as np
 import pytest
@@ -38,7 +41,7 @@ from segcls.data.datasets.pascal_context import (
     PASCAL_CONTEXT_59_DETAIL_IDS,
     convert_pascal_context_59_label,
 )
-from segcls.data.datasets.prepare import PreparationError
+from segcls.data.datasets.prepare import PreparationError, label_writer
 from segcls.utils.io import atomic_write
 from helpers import REPO, load_script
 
@@ -537,6 +540,28 @@ def test_prepared_files_get_the_umask_mode_and_stale_temp_files_are_removed(tmp_
     assert os.listdir(out_dir) == ["ADE_training_00000000.png"]
     assert os.stat(os.path.join(out_dir, "ADE_training_00000000.png")).st_mode & 0o777 == 0o644
     assert os.stat(tmp_path / "metrics.json").st_mode & 0o777 == 0o640
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="needs root to act as another user")
+def test_prepared_copy_is_readable_by_another_user():
+    shared = tempfile.mkdtemp(prefix="segcls_shared_")
+    try:
+        os.chmod(shared, 0o755)
+        label = os.path.join(shared, "label.png")
+        old = os.umask(0o022)
+        try:
+            label_writer(lambda label: label)(write_and_return(os.path.join(shared, "raw.png")), label)
+        finally:
+            os.umask(old)
+        proc = subprocess.run(["cat", label], user=65534, capture_output=True)  # as "nobody"
+        assert proc.returncode == 0, proc.stderr
+    finally:
+        shutil.rmtree(shared)
+
+
+def write_and_return(path):
+    write_label(path, raw_label([0, 1]))
+    return path
 
 
 def test_ade20k_preparation_range_checks_raw_values(tmp_path):
