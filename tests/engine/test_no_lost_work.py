@@ -2,6 +2,7 @@
 of the last completed iteration on SIGINT and exceptions, atomic checkpoint writes with a
 verified resume, strict MODEL.WEIGHTS, the seed saved with the run, CLI guidance."""
 import os
+import signal
 import subprocess
 import sys
 
@@ -70,23 +71,38 @@ def _args(argv):
     return default_argument_parser().parse_args(argv)
 
 
-def _run_driver(fault, out, custom, extra=()):
-    cmd = [sys.executable, DRIVER, fault, *extra, *tiny_opts(out, train=[NAME], opts=custom)]
+def _run_driver(kill_at_save, out, custom):
+    """tools/train_net.py, SIGKILLed in the middle of its ``kill_at_save``-th checkpoint save."""
+    cmd = [sys.executable, DRIVER, str(kill_at_save), *tiny_opts(out, train=[NAME], opts=custom)]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO, os.path.join(REPO, "tests")]))
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
 
 
-def test_sigint_saves_the_last_completed_iteration_and_resume_is_exact(tmp_path, data):
+class _SendSigint(HookBase):
+    """Delivers a real SIGINT to this process (as Ctrl-C does) once ``iteration`` iterations have run."""
+
+    def __init__(self, iteration):
+        self.iteration = iteration
+
+    def after_step(self):
+        if self.trainer.iter + 1 == self.iteration:
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_sigint_saves_the_last_completed_iteration_and_resume_is_exact(tmp_path, data, caplog):
     custom, straight = data
-    out = tmp_path / "out"
-    proc = _run_driver("sigint@4", out, custom)
-    assert proc.returncode != 0, proc.stdout[-2000:]
-    assert "SIGINT received" in proc.stderr, proc.stderr[-3000:]
-    assert (out / "last_checkpoint").read_text() == "model_0000003_interrupted.pth"
-    saved = torch.load(out / "model_0000003_interrupted.pth", weights_only=False)
-    assert saved["iteration"] == 3 and "SIGINT" in saved["interrupted"]
-    assert not (out / "model_final.pth").exists()
-    resumed = _resume(out, custom)
+    trainer = Trainer(_cfg(tmp_path, custom))
+    trainer.register_hooks([_SendSigint(iteration=4)])
+    handler = signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt, match="SIGINT received"):
+        trainer.train()
+    assert "SIGINT received: stopping after iteration 4" in caplog.text
+    assert (tmp_path / "last_checkpoint").read_text() == "model_0000003_interrupted.pth"
+    saved = torch.load(tmp_path / "model_0000003_interrupted.pth", weights_only=False)
+    assert saved["iteration"] == saved["trainer"]["iteration"] == 3 and "SIGINT" in saved["interrupted"]
+    assert not (tmp_path / "model_final.pth").exists()
+    assert signal.getsignal(signal.SIGINT) is handler  # the previous handler is back
+    resumed = _resume(tmp_path, custom)
     assert resumed.start_iter == 4
     _assert_identical(straight, _weights(resumed))
 
@@ -105,7 +121,7 @@ def test_exception_saves_the_last_completed_iteration_and_resume_is_exact(tmp_pa
 def test_sigkill_during_a_save_leaves_no_truncated_checkpoint(tmp_path, data):
     custom, straight = data
     out = tmp_path / "out"
-    proc = _run_driver("kill_in_save@2", out, custom)  # the 2nd save is model_0000005.pth
+    proc = _run_driver(2, out, custom)  # the 2nd save is model_0000005.pth
     assert proc.returncode == -9, proc.stderr[-3000:]
     pth = sorted(p for p in os.listdir(out) if p.endswith(".pth"))
     assert pth == ["model_0000002.pth"]
