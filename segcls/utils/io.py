@@ -14,8 +14,14 @@ from PIL import Image
 
 
 _TEMP_SUFFIX = ".tmp"
-# atomic_write's temporary names: "." + basename + "." + mkstemp's 8 random characters + ".tmp".
-_TEMP_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
+# atomic_write's temporary names: "." + basename + "." + mkstemp's 8 random characters + suffix
+# (".tmp", or the basename's own extension).
+_TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]{8}(?P<suffix>\.[^.]+)$")
+
+
+def _is_temp_name(name):
+    match = _TEMP_NAME.match(name)
+    return bool(match) and match["suffix"] in (_TEMP_SUFFIX, os.path.splitext(match["name"])[1])
 
 
 def current_umask():
@@ -30,7 +36,7 @@ def remove_stale_temp_files(folder):
     killed during a write (no two runs may write the same folder at once). Returns their number."""
     if not os.path.isdir(folder):
         return 0
-    stale = [name for name in os.listdir(folder) if _TEMP_NAME.match(name)]
+    stale = [name for name in os.listdir(folder) if _is_temp_name(name)]
     for name in stale:
         os.remove(os.path.join(folder, name))
     return len(stale)
