@@ -89,6 +89,13 @@ def add_segcls_config(cfg):
     cfg.MODEL.REGULARIZERS = CN()
     cfg.MODEL.REGULARIZERS.NAMES = []
 
+    # MODEL.WEIGHTS (detectron2's key: a checkpoint to initialise from) is loaded strictly
+    # (segcls.engine.checkpoint): a file that matches no tensor, holds tensors the model lacks or
+    # of another shape, or leaves part of a module it provides (e.g. the backbone) unset is an
+    # error naming the file, and evaluation needs every tensor. True = load what matches
+    # (detectron2's behaviour: mismatches only logged).
+    cfg.MODEL.WEIGHTS_ALLOW_PARTIAL = False
+
     # Logits -> label-size resizing for losses and image-size resizing at inference.
     cfg.MODEL.ALIGN_CORNERS = False
 
@@ -119,6 +126,11 @@ def add_segcls_config(cfg):
     # model (a true divisor of the batch's size); during training they are also padded to the
     # crop size. -1 = use the backbone's size_divisibility.
     cfg.INPUT.SIZE_DIVISIBILITY = -1
+
+    # Datasets declared in the config, registered in every process (segcls.data.datasets.custom):
+    # a list of {NAME, IMAGE_DIR, LABEL_DIR, CLASSES[, IGNORE_LABEL=255, IMAGE_EXT=".jpg",
+    # LABEL_EXT=".png", EVALUATOR_TYPE="sem_seg"]}. [] = none.
+    cfg.DATASETS.CUSTOM = []
 
     # Resumable, reproducible training sampler (see segcls.data.build.ResumableTrainingSampler).
     cfg.DATALOADER.SAMPLER_TRAIN = "ResumableTrainingSampler"

@@ -67,8 +67,20 @@ def register_dirs(name, image_dir, label_dir, num_classes):
 
 def tiny_config(output_dir, train=(), test=(), num_classes=3, opts=()):
     """A frozen tiny training config (ResNet-18 of width 8, FCN 16 channels, 32x32 crops)."""
-    cfg = load_config(
-        "",
+    cfg = load_config("", tiny_opts(output_dir, train, test, num_classes, opts))
+    cfg.freeze()
+    return cfg
+
+
+def custom_dataset_entry(name, image_dir, label_dir, num_classes=3):
+    """A ``DATASETS.CUSTOM`` entry (as a command-line value) registering an image/label folder pair."""
+    classes = [f"c{k}" for k in range(num_classes)]
+    return str([{"NAME": name, "IMAGE_DIR": str(image_dir), "LABEL_DIR": str(label_dir), "CLASSES": classes}])
+
+
+def tiny_opts(output_dir, train=(), test=(), num_classes=3, opts=()):
+    """The ``KEY VALUE`` list of :func:`tiny_config` (e.g. for a ``tools/train_net.py`` command line)."""
+    return (
         TINY_MODEL
         + [
             "MODEL.SEM_SEG_HEAD.NUM_CLASSES", str(num_classes),
@@ -85,10 +97,8 @@ def tiny_config(output_dir, train=(), test=(), num_classes=3, opts=()):
             "SEED", "7",
             "OUTPUT_DIR", str(output_dir),
         ]
-        + list(opts),
+        + list(opts)
     )
-    cfg.freeze()
-    return cfg
 
 
 def save_random_model(cfg, folder):

@@ -1,11 +1,45 @@
 """Small file helpers: writes are atomic (temp file in the same folder, then rename), so an
-interrupted run never leaves a half-written output behind."""
+interrupted run never leaves a half-written output behind. Written files get the mode the umask
+gives (as ``open`` would: ``0o666 & ~umask``), not the private mode of temporary files, so a
+dataset prepared by one user is readable by the others the umask allows. A run killed during a
+write leaves only a temporary file (``.<name>.<random>.tmp``), which
+:func:`remove_stale_temp_files` deletes on the next run."""
 import contextlib
 import os
+import re
 import tempfile
 
 import numpy as np
 from PIL import Image
+
+
+_TEMP_SUFFIX = ".tmp"
+# atomic_path's temporary names: "." + basename + "." + mkstemp's 8 random characters + suffix
+# (the basename's own extension, or ".tmp" without one).
+_TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]{8}(?P<suffix>\.[^.]+)$")
+
+
+def _is_temp_name(name):
+    match = _TEMP_NAME.match(name)
+    return bool(match) and match["suffix"] in (_TEMP_SUFFIX, os.path.splitext(match["name"])[1])
+
+
+def current_umask():
+    """The process's umask (read by setting and restoring it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def remove_stale_temp_files(folder):
+    """Delete the temporary files :func:`atomic_path` left in ``folder`` when a process was
+    killed during a write (no two runs may write the same folder at once). Returns their number."""
+    if not os.path.isdir(folder):
+        return 0
+    stale = [name for name in os.listdir(folder) if _is_temp_name(name)]
+    for name in stale:
+        os.remove(os.path.join(folder, name))
+    return len(stale)
 
 
 @contextlib.contextmanager
@@ -14,9 +48,11 @@ def atomic_path(path):
     e.g. OpenCV's ``VideoWriter``); on success it is renamed to ``path``, else deleted."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=os.path.splitext(path)[1])
+    suffix = os.path.splitext(path)[1] or _TEMP_SUFFIX
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=suffix)
     os.close(fd)
     try:
+        os.chmod(tmp, 0o666 & ~current_umask())
         yield tmp
         os.replace(tmp, path)
     finally:

@@ -94,7 +94,9 @@ def test_resume_matches_uninterrupted_run(tmp_path, tiny_dataset):
     interrupted.register_hooks([_StopAfter(iteration=3)])
     with pytest.raises(_Interrupted):
         interrupted.train()
-    assert (out / "last_checkpoint").read_text().strip() == "model_0000002.pth"
+    # Since issue 17 the stopped run saves its last completed iteration (it was the periodic
+    # model_0000002.pth here, which holds the same iteration).
+    assert (out / "last_checkpoint").read_text().strip() == "model_0000002_interrupted.pth"
     assert not (out / "model_final.pth").exists()
     resumed = _train(tiny_config(out, train=[tiny_dataset], opts=opts), resume=True)
     assert resumed.start_iter == 3
