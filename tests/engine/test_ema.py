@@ -88,12 +88,14 @@ def test_resume_with_ema_is_bit_exact(tmp_path, tiny_dataset):
 
     out = tmp_path / "interrupted"
     interrupted = Trainer(tiny_config(out, train=[tiny_dataset], opts=EMA_OPTS))
-    interrupted.register_hooks([_StopAfter(iteration=4)])  # checkpoint of iteration 3 (model_0000002.pth)
+    # stopped before iteration 4: the interrupted-run checkpoint holds iterations 0-3 and their EMA
+    interrupted.register_hooks([_StopAfter(iteration=4)])
     with pytest.raises(KeyboardInterrupt):
         interrupted.train()
     resumed = Trainer(tiny_config(out, train=[tiny_dataset], opts=EMA_OPTS))
     resumed.resume_or_load(resume=True)
-    assert resumed.start_iter == 3 and _ema_hook(resumed).ema.num_updates == 3
+    assert resumed.checkpointer.get_checkpoint_file().endswith("model_0000003_interrupted.pth")
+    assert resumed.start_iter == 4 and _ema_hook(resumed).ema.num_updates == 4
     resumed.train()
     a, b = _ema_hook(straight).ema.module.state_dict(), _ema_hook(resumed).ema.module.state_dict()
     assert a.keys() == b.keys()
