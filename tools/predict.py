@@ -198,7 +198,7 @@ def predict_video(predictor, path, name, metadata, args):
     (out_path,) = output_paths(args.output, name, args, is_video=True)
     total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None
     try:
-        with atomic_path(out_path) as tmp, tqdm(total=total, desc=os.path.basename(path), unit="frame") as progress:
+        with atomic_path(out_path, keep_extension=True) as tmp, tqdm(total=total, desc=os.path.basename(path), unit="frame") as progress:
             while True:
                 frames = [f for f in (capture.read()[1] for _ in range(args.batch_size)) if f is not None]
                 if not frames:

@@ -15,7 +15,7 @@ from PIL import Image
 
 _TEMP_SUFFIX = ".tmp"
 # atomic_path's temporary names: "." + basename + "." + mkstemp's 8 random characters + suffix
-# (the basename's own extension, or ".tmp" without one).
+# (".tmp", or the basename's own extension with keep_extension).
 _TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]{8}(?P<suffix>\.[^.]+)$")
 
 
@@ -43,12 +43,14 @@ def remove_stale_temp_files(folder):
 
 
 @contextlib.contextmanager
-def atomic_path(path):
-    """A temporary path next to ``path`` (same extension, for writers that pick the format from it,
-    e.g. OpenCV's ``VideoWriter``); on success it is renamed to ``path``, else deleted."""
+def atomic_path(path, keep_extension=False):
+    """A temporary path next to ``path``, renamed to ``path`` on success, else deleted. Its name
+    ends in ``.tmp`` (no reader or glob mistakes it for a finished file), or with
+    ``keep_extension`` in ``path``'s own extension (for writers that pick the format from it, e.g.
+    OpenCV's ``VideoWriter``)."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    suffix = os.path.splitext(path)[1] or _TEMP_SUFFIX
+    suffix = (os.path.splitext(path)[1] if keep_extension else "") or _TEMP_SUFFIX
     fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=suffix)
     os.close(fd)
     try:
