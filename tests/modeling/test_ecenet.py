@@ -417,6 +417,269 @@ def test_criterion_switches():
 
 
 # ------------------------------------------------------------------------------------------------
+# The released head's pieces (shared/specs/ecenet_released.md), each against the spec's equations
+# ------------------------------------------------------------------------------------------------
+def direct_channel_ln(x, ln):
+    """LN_c: LayerNorm over the channels of every pixel of (B, C, H, W)."""
+    return direct_ln(x.transpose(0, 2, 3, 1), ln).transpose(0, 3, 1, 2)
+
+
+def direct_pixel_shuffle(x, r):
+    """(B, C r^2, H, W) -> (B, C, H r, W r): out[c, r i + a, r j + b] = in[c r^2 + a r + b, i, j]."""
+    b, cr, h, w = x.shape
+    c = cr // (r * r)
+    out = np.zeros((b, c, h * r, w * r))
+    for ch in range(c):
+        for a in range(r):
+            for bb in range(r):
+                out[:, ch, a::r, bb::r] = x[:, ch * r * r + a * r + bb]
+    return out
+
+
+def direct_conv3x3(x, weight):
+    """Zero-padded dense 3x3 conv without bias, tap by tap. x (B, Cin, H, W), weight (Cout, Cin, 3, 3)."""
+    b, _, h, w = x.shape
+    padded = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
+    out = np.zeros((b, weight.shape[0], h, w))
+    for di in range(3):
+        for dj in range(3):
+            out += np.einsum("oi,bihw->bohw", weight[:, :, di, dj], padded[:, :, di : di + h, dj : dj + w])
+    return out
+
+
+def test_released_feature_reconstruction():
+    """Sec. 1.1: cheap op with bias and no ReLU, SE ratio 2 without biases or sigmoid (signed
+    scale), output 1x1 without bias or norm on concat(Y'', Y'), then LN over channels."""
+    fr = FeatureReconstruction(
+        8, se_ratio=2, se_gate="none", se_bias=False, cheap_relu=False, out_norm="LN", diverse_first=True
+    )
+    fr = randomize_norms(fr.double().eval())
+    torch.manual_seed(0)
+    for param in (fr.cheap.bias, fr.se.reduce.weight, fr.se.expand.weight):
+        torch.nn.init.normal_(param)
+    assert fr.se.reduce.bias is None and fr.se.expand.bias is None and fr.se.reduce.out_channels == 2
+    x = rand(2, 8, 3, 5)
+    out, diverse = fr(x)
+    xn = np_(x)
+    intrinsic = direct_bn(direct_conv1x1(xn, np_(fr.intrinsic.weight)), fr.intrinsic.norm)
+    z = direct_bn(direct_depthwise3x3(intrinsic, np_(fr.cheap.weight), np_(fr.cheap.bias)), fr.cheap.norm)
+    hidden = np.maximum(z.mean(axis=(2, 3)) @ np_(fr.se.reduce.weight)[:, :, 0, 0].T, 0)
+    a = hidden @ np_(fr.se.expand.weight)[:, :, 0, 0].T  # no sigmoid
+    assert (a < 0).any()  # the "gate" is signed: no sigmoid
+    expected_diverse = z * a[:, :, None, None]
+    y = direct_conv1x1(np.concatenate([expected_diverse, intrinsic], 1), np_(fr.fuse[0].weight))
+    np.testing.assert_allclose(np_(diverse), expected_diverse, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(np_(out), direct_channel_ln(y, fr.fuse[1]), rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match="OUT_NORM='GN'"):
+        FeatureReconstruction(8, out_norm="GN")
+
+
+def test_released_ece_levels_and_pooling_larger_than_input():
+    """Sec. 1.3: sizes (1, 2, 3, 6, L), L = int(alpha sqrt(N)) made odd; adaptive pooling with
+    PyTorch's bins, also where the output (6 x 6, 7 x 7) is larger than the 2 x 3 input."""
+    assert ece_levels(150, 1.0) == (1, 2, 3, 6, 13)  # ADE20K: int(12.25) = 12 -> 13, D = 219
+    assert sum(s * s for s in ece_levels(150, 1.0)) == 219
+    assert ece_levels(59, math.sqrt(2))[-1] == 11 and ece_levels(19, 3.0)[-1] == 13
+    assert ece_levels(150, 1.0, levels="all") == tuple(range(1, 13))
+    assert ece_levels(150, 1.0, override=4) == (1, 2, 3, 6, 4)
+    with pytest.raises(ValueError, match="LEVELS='psp'"):
+        ece_levels(150, 1.0, levels="psp")
+    sizes = ece_levels(49, 1.0)  # 7 is odd: kept
+    assert sizes == (1, 2, 3, 6, 7)
+    ece = ExplicitClassExtraction(sizes, 5).double()
+    masks = rand(2, 3, 2, 3)
+    out = ece(masks)
+    assert out.shape == (2, 3, 5) and ece.proj.in_features == 1 + 4 + 9 + 36 + 49
+    m = np_(masks)
+    for b in range(2):
+        for n in range(3):
+            bins = [v for s in sizes for v in direct_adaptive_pool(m[b, n], s)]
+            expected = np_(ece.proj.weight) @ np.array(bins) + np_(ece.proj.bias)
+            np.testing.assert_allclose(np_(out[b, n]), expected, rtol=1e-10, atol=1e-12)
+
+
+def test_released_mask_head_is_grouped_without_bias():
+    """Sec. 1.3: M4 = 1x1(C -> N, no bias)(1x1(C -> C, 4 groups, no bias)(X4)): block-diagonal phi_1."""
+    from segcls.modeling.ecenet.ece import build_mask_head
+
+    head = build_mask_head(8, 3, groups=4, bias=False).double()
+    assert head[0].bias is None and head[1].bias is None
+    x = rand(1, 8, 2, 2)
+    w1 = np.zeros((8, 8))
+    for gi in range(4):  # group gi maps channels 2 gi, 2 gi + 1 to themselves
+        w1[2 * gi : 2 * gi + 2, 2 * gi : 2 * gi + 2] = np_(head[0].weight)[2 * gi : 2 * gi + 2, :, 0, 0]
+    expected = np.einsum("oi,bihw->bohw", np_(head[1].weight)[:, :, 0, 0], np.einsum("oi,bihw->bohw", w1, np_(x)))
+    np.testing.assert_allclose(np_(head(x)), expected, rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match="MASK_GROUPS=3"):
+        build_mask_head(8, 3, groups=3)
+
+
+@pytest.mark.parametrize("query_act", ["none", "relu"])
+def test_released_semantics_attention(query_act):
+    """Sec. 1.4: DW3x3 + PW query (activation after each), one bias-free K|V Linear, 4 heads of
+    d = C / 4, A = softmax_N(-S), mask = mean over heads of the pre-softmax +S, row-major."""
+    heads, c, n, h, w = 4, 8, 3, 3, 4
+    sa = SemanticsAttention(c, heads, 2, query="dwconv", query_act=query_act, kv="shared", softmax="negated")
+    sa = randomize_norms(sa.double())
+    assert sa.kv.bias is None and sa.kv.out_features == 2 * c and not hasattr(sa, "k")
+    x, g = rand(2, c, h, w, seed=1), rand(2, n, c, seed=2)
+    out, mask = sa(x, g)
+    act = (lambda t: np.maximum(t, 0)) if query_act == "relu" else (lambda t: t)
+    d = c // heads
+    for b in range(2):
+        xb = np_(x[b])  # (C, H, W)
+        tokens = xb.reshape(c, h * w).T
+        qn = direct_ln(tokens, sa.norm_x).T.reshape(1, c, h, w)
+        q = act(direct_depthwise3x3(qn, np_(sa.q.dw.weight), np_(sa.q.dw.bias)))
+        q = act(direct_conv1x1(q, np_(sa.q.pw.weight), np_(sa.q.pw.bias)))[0].reshape(c, h * w).T  # (L, C)
+        kv = direct_ln(np_(g[b]), sa.norm_g) @ np_(sa.kv.weight).T
+        k, v = kv[:, :c], kv[:, c:]
+        sims, att_out = [], np.zeros((h * w, c))
+        for hd in range(heads):
+            sl = slice(hd * d, (hd + 1) * d)
+            sim = q[:, sl] @ k[:, sl].T / math.sqrt(d)
+            att = np.exp(-sim - (-sim).max(1, keepdims=True))
+            att /= att.sum(1, keepdims=True)  # softmax over N of -S
+            att_out[:, sl] = att @ v[:, sl]
+            sims.append(sim)
+        tokens = tokens + direct_linear(att_out, sa.proj)
+        hidden = direct_linear(direct_ln(tokens, sa.norm_ffn), sa.ffn.fc1)
+        conv = direct_depthwise3x3(hidden.T.reshape(1, -1, h, w), np_(sa.ffn.dwconv.weight), np_(sa.ffn.dwconv.bias))
+        conv = conv[0].reshape(-1, h * w).T
+        tokens = tokens + direct_linear(0.5 * conv * (1 + np.vectorize(math.erf)(conv / math.sqrt(2))), sa.ffn.fc2)
+        np.testing.assert_allclose(np_(out[b]), tokens.T.reshape(c, h, w), rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(np_(mask[b]), np.mean(sims, axis=0).T.reshape(n, h, w), rtol=1e-10, atol=1e-12)
+    # softmax(S) with the same weights gives a different output but the same mask.
+    sa_std = SemanticsAttention(c, heads, 2, query="dwconv", query_act=query_act, kv="shared").double()
+    sa_std.load_state_dict(sa.state_dict())
+    out_std, mask_std = sa_std(x, g)
+    assert not torch.allclose(out_std, out) and torch.equal(mask_std, mask)
+    with pytest.raises(ValueError, match="SOFTMAX='max'"):
+        SemanticsAttention(c, heads, softmax="max")
+
+
+def test_released_updater_with_tail():
+    """Sec. 1.5: Eqs. 9-10 followed by K-Net's FC -> LN -> ReLU (non-negative output)."""
+    up = randomize_norms(GatedClassUpdater(6, tail=True).double())
+    g_hat, g = rand(2, 3, 6, seed=1), rand(2, 3, 6, seed=2)
+    out = up(g_hat, g)
+    gh, gn = np_(g_hat), np_(g)
+    gate = sigmoid(direct_ln(direct_linear(direct_linear(gh, up.phi3) * direct_linear(gn, up.phi4), up.psi1[0]), up.psi1[1]))
+    core = gate * direct_ln(direct_linear(gh, up.psi2[0]), up.psi2[1]) + gn
+    expected = np.maximum(direct_ln(direct_linear(core, up.tail[0]), up.tail[1]), 0)
+    np.testing.assert_allclose(np_(out), expected, rtol=1e-10, atol=1e-12)
+    assert (np_(out) >= 0).all() and (np_(out) == 0).any()
+    plus = build_updater("plus", 6, tail=True).double()
+    torch.testing.assert_close(plus(g_hat, g), plus.tail(g + g_hat))
+
+
+def direct_ghost(x, ghost):
+    """GhostModule with ratio 2: u = ReLU(BN(1x1(x))), v = ReLU(BN(DW3x3(u))), concat."""
+    u = np.maximum(direct_bn(direct_conv1x1(x, np_(ghost.primary.weight)), ghost.primary.norm), 0)
+    v = np.maximum(direct_bn(direct_depthwise3x3(u, np_(ghost.cheap.weight)), ghost.cheap.norm), 0)
+    return np.concatenate([u, v], 1)[:, : ghost.out_channels]
+
+
+def test_released_ghost_cascade_and_3x3_fusion():
+    """Sec. 1.7: level l upsampled by log2 r steps of Ghost(C -> 4C) + PixelShuffle(2), level 1
+    untouched; concat -> ReLU(BN(3x3 conv, no bias)) -> Dropout2d -> 1x1 (C -> N, bias)."""
+    c, n = 4, 3
+    agg = GhostShuffleAggregation(c, n, [1, 2, 4], upsample="cascade", fusion="conv3x3", dropout=0.1)
+    agg = randomize_norms(agg.double().eval())
+    torch.nn.init.normal_(agg.classifier.weight)
+    assert [len(up) for up in agg.upsamplers] == [0, 1, 2] and agg.fuse.bias is None
+    feats = [rand(2, c, 4, 6, seed=1), rand(2, c, 2, 3, seed=2), rand(2, c, 1, 2, seed=3)]
+    out = agg(feats)
+    assert out.shape == (2, n, 4, 6)
+    ups = []
+    for up, f in zip(agg.upsamplers, feats):
+        x = np_(f)
+        for step in up:
+            x = direct_pixel_shuffle(direct_ghost(x, step[0]), 2)
+        ups.append(x)
+    # level 3 (1 x 2 -> 4 x 8) is resized bilinearly to level 1's 4 x 6
+    ups[2] = np.stack([[direct_bilinear(ups[2][b, ch], 4, 6) for ch in range(c)] for b in range(2)])
+    z = np.maximum(direct_bn(direct_conv3x3(np.concatenate(ups, 1), np_(agg.fuse.weight)), agg.fuse.norm), 0)
+    expected = direct_conv1x1(z, np_(agg.classifier.weight), np_(agg.classifier.bias))
+    np.testing.assert_allclose(np_(out), expected, rtol=1e-10, atol=1e-10)
+    with pytest.raises(ValueError, match="powers of 2"):
+        GhostShuffleAggregation(c, n, [1, 3], upsample="cascade")
+    with pytest.raises(ValueError, match="FUSION='conv5x5'"):
+        GhostShuffleAggregation(c, n, [1, 2], fusion="conv5x5")
+
+
+def test_released_criterion():
+    """Sec. 1.9 with the documented choice: BCE x5 and dice x2 on M4 + S3 + S2 (the cumulative sum
+    before S1), no class CE, no deep supervision, L_div x0.2; the config defaults are these."""
+    outputs, labels = criterion_inputs()
+    outputs["pred_masks"] = [rand(2, 3, 4, 4, seed=s) for s in (10, 11, 12, 13)]
+    outputs["pred_logits"] = [rand(2, 3, 3, seed=s) for s in (20, 21, 22, 23)]
+    crit = ECENetCriterion(tiny_cfg("MODEL.SEM_SEG_HEAD.NUM_CLASSES", "3"))
+    losses = crit(outputs, labels)
+    assert set(losses) == {"loss_mask", "loss_dice", "loss_div"}
+    lab = labels.numpy()
+    present = [(b, cl) for b in range(2) for cl in range(3) if (lab[b] == cl).any()]
+    bce = dice = 0.0
+    for b, cl in present:
+        x = direct_bilinear(np_(outputs["pred_masks"][2])[b, cl], 8, 8).ravel()  # M4 + S3 + S2
+        t = (lab[b] == cl).ravel().astype(float)
+        p = sigmoid(x)
+        bce += (-(t * np.log(p) + (1 - t) * np.log(1 - p))).mean()
+        dice += 1 - (2 * (p * t).sum() + 1) / (p.sum() + t.sum() + 1)
+    assert losses["loss_mask"].item() == pytest.approx(5 * bce / len(present), rel=1e-10)
+    assert losses["loss_dice"].item() == pytest.approx(2 * dice / len(present), rel=1e-10)
+    assert losses["loss_div"].item() == pytest.approx(0.2 * sum(direct_diversity(d) for d in outputs["diverse"]), rel=1e-10)
+    focal = ECENetCriterion(tiny_cfg("MODEL.SEM_SEG_HEAD.NUM_CLASSES", "3", "MODEL.ECENET.LOSS.MASK_LOSS", "focal"))
+    direct = direct_mask_class_losses(rand(2, 3, 4), outputs["pred_masks"][2], labels)  # its "cls" is unused
+    assert focal(outputs, labels)["loss_focal"].item() == pytest.approx(5 * direct["focal"], rel=1e-10)
+    with pytest.raises(ValueError, match="CLASS_WEIGHT=1.0 needs MODEL.ECENET.CLASS_HEAD 'no_object'"):
+        ECENetCriterion(tiny_cfg("MODEL.ECENET.LOSS.CLASS_WEIGHT", "1.0"))
+    with pytest.raises(ValueError, match="MASK_LOSS='l1'"):
+        ECENetCriterion(num_classes=3, mask_loss="l1")
+    with pytest.raises(ValueError, match="MASK_SUM='last'"):
+        ECENetCriterion(num_classes=3, mask_sum="last")
+
+
+def test_paper_literal_switches_cover_every_default_change():
+    """PAPER_LITERAL sets only existing keys, each to a value other than the (released) default."""
+    cfg = tiny_cfg()
+    for key, value in PAPER_LITERAL.items():
+        node = cfg
+        for part in key.split(".")[:-1]:
+            node = node[part]
+        assert node[key.split(".")[-1]] != value, key
+
+
+# ------------------------------------------------------------------------------------------------
+# Mixed precision: the losses stay float32 under autocast
+# ------------------------------------------------------------------------------------------------
+def test_losses_are_float32_under_bfloat16_autocast():
+    """Under torch.autocast("cpu", bfloat16) the criterion (L_div, the class-to-mask assignment and
+    the mask losses) runs in float32: on bfloat16 inputs it equals float32 arithmetic on the same
+    values exactly. End to end, the losses are within 5% of float32 and all gradients are finite."""
+    outputs, labels = criterion_inputs()
+    half = {k: [t.to(torch.bfloat16) for t in v] for k, v in outputs.items()}
+    crit = ECENetCriterion(tiny_cfg("MODEL.SEM_SEG_HEAD.NUM_CLASSES", "3"))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = crit(half, labels)
+    exact = crit({k: [t.float() for t in v] for k, v in half.items()}, labels)
+    for key, value in mixed.items():
+        assert value.dtype == torch.float32 and value.item() == exact[key].item(), key
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg()).train()
+    batch = blocky_batch(2)
+    reference = {k: v.item() for k, v in model(batch).items()}
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        losses = model(batch)
+    assert set(losses) == set(reference)
+    for key, value in losses.items():
+        assert value.dtype == torch.float32 and value.item() == pytest.approx(reference[key], rel=0.05), key
+    sum(losses.values()).backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert len(grads) > 0 and all(torch.isfinite(g).all() for g in grads)
+
+
+# ------------------------------------------------------------------------------------------------
 # Meta-architecture
 # ------------------------------------------------------------------------------------------------
 def blocky_batch(n=2, size=64, seed=0):
