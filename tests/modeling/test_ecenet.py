@@ -740,6 +740,24 @@ def test_decoder_structure_and_fused_prediction(reading):
     np.testing.assert_allclose(np_(out["pred"])[0], np_(captured["agg"])[0] + gate, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("scales, steps", [("level", [0, 1, 2, 3]), ("stride", [0, 1, 1, 1])])
+def test_upsample_scales_with_a_dilated_backbone(scales, steps):
+    """Strides 4, 8, 8, 8 (output stride 8): the released fixed factors 2^(l-1) upsample levels 3
+    and 4 past stride 4 and resize them back; "stride" upsamples every level by stride_l / 4."""
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg("MODEL.RESNETS.OUTPUT_STRIDE", "8", "MODEL.ECENET.UPSAMPLE_SCALES", scales)).eval()
+    assert [len(up) for up in model.decoder.aggregation.upsamplers] == steps
+    sizes = []
+    for up in model.decoder.aggregation.upsamplers:
+        up.register_forward_hook(lambda m, i, o: sizes.append(tuple(o.shape[-2:])))
+    with torch.no_grad():
+        out = model([{"image": torch.rand(3, 64, 64) * 255}])
+    assert out[0]["sem_seg"].shape == (NUM_CLASSES, 64, 64)
+    assert sizes == ([(16, 16), (16, 16), (32, 32), (64, 64)] if scales == "level" else [(16, 16)] * 4)
+    with pytest.raises(ValueError, match="UPSAMPLE_SCALES='fixed'"):
+        build_model(tiny_cfg("MODEL.ECENET.UPSAMPLE_SCALES", "fixed"))
+
+
 def test_switches_from_config():
     torch.manual_seed(0)
     model = build_model(

@@ -27,6 +27,7 @@ PAPER_LITERAL = {
     "MODEL.ECENET.UPDATER_TAIL": False,
     "MODEL.ECENET.CLASS_HEAD": "no_object",
     "MODEL.ECENET.UPSAMPLE": "single",
+    "MODEL.ECENET.UPSAMPLE_SCALES": "stride",
     "MODEL.ECENET.FUSION": "conv1x1",
     "MODEL.ECENET.LOSS.CLASS_WEIGHT": 1.0,
     "MODEL.ECENET.LOSS.MASK_LOSS": "focal",
@@ -118,8 +119,12 @@ def add_ecenet_config(cfg):
     # PixelShuffle(2), stride-4 level untouched / paper-literal "single" Ghost(C -> C r^2) +
     # PixelShuffle(r). FUSION of the concatenated 4C channels: released "conv3x3",
     # 3x3 conv (4C -> C) + NORM + ReLU, Dropout2d(FUSION_DROPOUT), 1x1 (C -> N) / paper-literal
-    # "conv1x1", one 1x1 (4C -> N).
+    # "conv1x1", one 1x1 (4C -> N). UPSAMPLE_SCALES, the factor r of level l (1-based): released
+    # "level", the code's fixed 2^(l - 1) (2, 4, 8), then every map bilinearly resized to level 1's
+    # size / paper-literal "stride", stride_l / stride_1. They differ only with a dilated backbone
+    # (R101-D8, strides 4, 8, 8, 8: "level" upsamples levels 3, 4 to strides 2, 1 and resizes back).
     e.UPSAMPLE = "cascade"
+    e.UPSAMPLE_SCALES = "level"
     e.FUSION = "conv3x3"
     e.FUSION_DROPOUT = 0.1
 

@@ -40,6 +40,7 @@ from .semantics_attention import SemanticsAttention
 from .updater import build_updater
 
 CLASS_HEADS = ("diagonal", "no_object")
+UPSAMPLE_SCALES = ("level", "stride")
 
 
 class ECENetDecoder(nn.Module):
@@ -77,13 +78,17 @@ class ECENetDecoder(nn.Module):
         updater: str = "gated",
         updater_tail: bool = False,
         class_head: str = "no_object",
+        upsample_scales: str = "stride",
         aggregation_options: Optional[dict] = None,
         align_corners: bool = False,
     ):
         """Keyword defaults: the paper-literal reading; ``from_config`` (``MODEL.ECENET.*``) defaults
         to the released head. ``fr_options``: keywords of :class:`FeatureReconstruction`,
         ``attention_options`` of :class:`SemanticsAttention`, ``aggregation_options`` of
-        :class:`GhostShuffleAggregation`. ``pool_sizes``: the ECE levels (an int S = ``1..S``)."""
+        :class:`GhostShuffleAggregation`. ``pool_sizes``: the ECE levels (an int S = ``1..S``).
+        ``upsample_scales``: the aggregation's factor of level i (0-based) is ``stride_i / stride_1``
+        (``"stride"``) or ``2^i`` (``"level"``, the released code's fixed factors; the upsampled maps
+        are then resized to level 1's size, which differs only for a dilated backbone)."""
         super().__init__()
         num_stages = len(in_features)
         if num_stages < 2 or len(in_channels) != num_stages or len(in_strides) != num_stages:
@@ -95,6 +100,10 @@ class ECENetDecoder(nn.Module):
             raise ValueError(
                 f"MODEL.ECENET.IN_FEATURES={list(in_features)} have strides {list(in_strides)}: expected finest first, "
                 f"each stride a multiple of the first"
+            )
+        if upsample_scales not in UPSAMPLE_SCALES:
+            raise ValueError(
+                f"MODEL.ECENET.UPSAMPLE_SCALES={upsample_scales!r}: expected one of {list(UPSAMPLE_SCALES)}"
             )
         if class_head not in CLASS_HEADS:
             raise ValueError(f"MODEL.ECENET.CLASS_HEAD={class_head!r}: expected one of {list(CLASS_HEADS)}")
@@ -115,10 +124,14 @@ class ECENetDecoder(nn.Module):
             for _ in range(num_stages - 1)
         )
         self.updaters = nn.ModuleList(build_updater(updater, embed_dim, updater_tail) for _ in range(num_stages - 1))
+        if upsample_scales == "level":
+            scales = [2**i for i in range(num_stages)]
+        else:
+            scales = [s // in_strides[0] for s in in_strides]
         self.aggregation = GhostShuffleAggregation(
             embed_dim,
             num_classes,
-            [s // in_strides[0] for s in in_strides],
+            scales,
             norm,
             align_corners=align_corners,
             **(aggregation_options or {}),
@@ -173,6 +186,7 @@ class ECENetDecoder(nn.Module):
             "updater": e.UPDATER,
             "updater_tail": e.UPDATER_TAIL,
             "class_head": e.CLASS_HEAD,
+            "upsample_scales": e.UPSAMPLE_SCALES,
             "aggregation_options": {"upsample": e.UPSAMPLE, "fusion": e.FUSION, "dropout": e.FUSION_DROPOUT},
             "align_corners": cfg.MODEL.ALIGN_CORNERS,
         }
