@@ -450,11 +450,11 @@ def direct_conv3x3(x, weight):
 def test_released_feature_reconstruction():
     """Sec. 1.1: cheap op with bias and no ReLU, SE ratio 2 without biases or sigmoid (signed
     scale), output 1x1 without bias or norm on concat(Y'', Y'), then LN over channels."""
+    torch.manual_seed(0)
     fr = FeatureReconstruction(
         8, se_ratio=2, se_gate="none", se_bias=False, cheap_relu=False, out_norm="LN", diverse_first=True
     )
     fr = randomize_norms(fr.double().eval())
-    torch.manual_seed(0)
     for param in (fr.cheap.bias, fr.se.reduce.weight, fr.se.expand.weight):
         torch.nn.init.normal_(param)
     assert fr.se.reduce.bias is None and fr.se.expand.bias is None and fr.se.reduce.out_channels == 2
@@ -502,6 +502,7 @@ def test_released_mask_head_is_grouped_without_bias():
     """Sec. 1.3: M4 = 1x1(C -> N, no bias)(1x1(C -> C, 4 groups, no bias)(X4)): block-diagonal phi_1."""
     from segcls.modeling.ecenet.ece import build_mask_head
 
+    torch.manual_seed(0)
     head = build_mask_head(8, 3, groups=4, bias=False).double()
     assert head[0].bias is None and head[1].bias is None
     x = rand(1, 8, 2, 2)
@@ -519,6 +520,7 @@ def test_released_semantics_attention(query_act):
     """Sec. 1.4: DW3x3 + PW query (activation after each), one bias-free K|V Linear, 4 heads of
     d = C / 4, A = softmax_N(-S), mask = mean over heads of the pre-softmax +S, row-major."""
     heads, c, n, h, w = 4, 8, 3, 3, 4
+    torch.manual_seed(0)
     sa = SemanticsAttention(c, heads, 2, query="dwconv", query_act=query_act, kv="shared", softmax="negated")
     sa = randomize_norms(sa.double())
     assert sa.kv.bias is None and sa.kv.out_features == 2 * c and not hasattr(sa, "k")
@@ -560,6 +562,7 @@ def test_released_semantics_attention(query_act):
 
 def test_released_updater_with_tail():
     """Sec. 1.5: Eqs. 9-10 followed by K-Net's FC -> LN -> ReLU (non-negative output)."""
+    torch.manual_seed(0)
     up = randomize_norms(GatedClassUpdater(6, tail=True).double())
     g_hat, g = rand(2, 3, 6, seed=1), rand(2, 3, 6, seed=2)
     out = up(g_hat, g)
@@ -584,6 +587,7 @@ def test_released_ghost_cascade_and_3x3_fusion():
     """Sec. 1.7: level l upsampled by log2 r steps of Ghost(C -> 4C) + PixelShuffle(2), level 1
     untouched; concat -> ReLU(BN(3x3 conv, no bias)) -> Dropout2d -> 1x1 (C -> N, bias)."""
     c, n = 4, 3
+    torch.manual_seed(0)
     agg = GhostShuffleAggregation(c, n, [1, 2, 4], upsample="cascade", fusion="conv3x3", dropout=0.1)
     agg = randomize_norms(agg.double().eval())
     torch.nn.init.normal_(agg.classifier.weight)
@@ -638,6 +642,28 @@ def test_released_criterion():
         ECENetCriterion(num_classes=3, mask_loss="l1")
     with pytest.raises(ValueError, match="MASK_SUM='last'"):
         ECENetCriterion(num_classes=3, mask_sum="last")
+
+
+def test_class_gates():
+    """Released: P[b, k, k] sigmoid(T[b, k]) (mask k is gated by its own embedding only, so
+    changing another embedding's logits for class k does not change it); paper-literal: the
+    sum over embeddings q of P[b, q, k] sigmoid(T[b, q])."""
+    from segcls.modeling.ecenet.decoder import diagonal_gate, no_object_gate
+
+    logits, masks = rand(2, 3, 3, seed=1), rand(2, 3, 2, 2, seed=2)
+    out = np_(diagonal_gate(logits, masks))
+    lg, mk = np_(logits), np_(masks)
+    for b in range(2):
+        for k in range(3):
+            p = np.exp(lg[b, k]) / np.exp(lg[b, k]).sum()
+            np.testing.assert_allclose(out[b, k], p[k] * sigmoid(mk[b, k]), rtol=1e-12)
+    logits4 = rand(2, 3, 4, seed=3)
+    out = np_(no_object_gate(logits4, masks))
+    lg = np_(logits4)
+    for b in range(2):
+        for c in range(3):
+            expected = sum(np.exp(lg[b, q, c]) / np.exp(lg[b, q]).sum() * sigmoid(mk[b, q]) for q in range(3))
+            np.testing.assert_allclose(out[b, c], expected, rtol=1e-12)
 
 
 def test_paper_literal_switches_cover_every_default_change():
@@ -936,7 +962,7 @@ def test_train_and_evaluate_on_the_embedded_benchmark(tmp_path):
             "TEST.MODE", "slide", "TEST.CROP_SIZE", "[32, 32]", "TEST.STRIDE", "[16, 16]",
         ],
     )  # fmt: skip
-    assert isinstance(trainer.model, ECENet) and trainer.model.decoder.diagonal
+    assert isinstance(trainer.model, ECENet) and trainer.model.decoder.gate.__name__ == "diagonal_gate"
     assert trainer.model.inferencer.options.mode == "slide"
     for m in metrics.values():
         assert 0.0 <= m["mIoU"] <= 100.0 and m["pACC"] > 0.0

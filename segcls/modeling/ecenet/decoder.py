@@ -39,8 +39,24 @@ from .fr import FeatureReconstruction
 from .semantics_attention import SemanticsAttention
 from .updater import build_updater
 
-CLASS_HEADS = ("diagonal", "no_object")
 UPSAMPLE_SCALES = ("level", "stride")
+
+
+def diagonal_gate(class_logits: torch.Tensor, mask_sum: torch.Tensor) -> torch.Tensor:
+    """The released gate (spec Sec. 1.8): (B, N, N) class logits ``K`` and (B, N, H, W) summed mask
+    logits ``T`` -> ``softmax(K)[b, k, k] * sigmoid(T[b, k])``, (B, N, H, W)."""
+    probs = class_logits.softmax(dim=-1).diagonal(dim1=1, dim2=2)
+    return probs[:, :, None, None] * mask_sum.sigmoid()
+
+
+def no_object_gate(class_logits: torch.Tensor, mask_sum: torch.Tensor) -> torch.Tensor:
+    """The paper-literal (SegViT-style) gate: (B, N, N + 1) class logits and (B, N, H, W) summed mask
+    logits -> ``einsum("bqc,bqhw->bchw", softmax(K)[..., :N], sigmoid(T))``, (B, N, H, W)."""
+    return torch.einsum("bqc,bqhw->bchw", class_logits.softmax(dim=-1)[..., :-1], mask_sum.sigmoid())
+
+
+# MODEL.ECENET.CLASS_HEAD -> (extra class-head outputs beyond N, gate).
+CLASS_HEADS = {"diagonal": (0, diagonal_gate), "no_object": (1, no_object_gate)}
 
 
 class ECENetDecoder(nn.Module):
@@ -136,8 +152,8 @@ class ECENetDecoder(nn.Module):
             align_corners=align_corners,
             **(aggregation_options or {}),
         )
-        self.diagonal = class_head == "diagonal"
-        self.class_head = nn.Linear(embed_dim, num_classes + (0 if self.diagonal else 1))
+        extra, self.gate = CLASS_HEADS[class_head]
+        self.class_head = nn.Linear(embed_dim, num_classes + extra)
         for m in self.modules():
             if isinstance(m, nn.Linear):
                 nn.init.trunc_normal_(m.weight, std=0.02)
@@ -214,10 +230,5 @@ class ECENetDecoder(nn.Module):
         size = xs[0].shape[-2:]
         cumulative = list(itertools.accumulate(resize(m, size, self.align_corners) for m in masks))
         class_logits = [self.class_head(g) for g in embeddings]
-        probs = class_logits[-1].softmax(dim=-1)
-        if self.diagonal:
-            gate = probs.diagonal(dim1=1, dim2=2)[:, :, None, None] * cumulative[-1].sigmoid()
-        else:
-            gate = torch.einsum("bqc,bqhw->bchw", probs[..., :-1], cumulative[-1].sigmoid())
-        pred = self.aggregation(enhanced) + gate
+        pred = self.aggregation(enhanced) + self.gate(class_logits[-1], cumulative[-1])
         return {"pred": pred, "pred_logits": class_logits, "pred_masks": cumulative, "diverse": diverse}
