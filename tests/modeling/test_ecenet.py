@@ -682,7 +682,8 @@ def test_paper_literal_switches_cover_every_default_change():
 def test_losses_are_float32_under_bfloat16_autocast():
     """Under torch.autocast("cpu", bfloat16) the criterion (L_div, the class-to-mask assignment and
     the mask losses) runs in float32: on bfloat16 inputs it equals float32 arithmetic on the same
-    values exactly. End to end, the losses are within 5% of float32 and all gradients are finite."""
+    values exactly. End to end, the losses are within 1% of float32 (measured: at most 0.12%, the
+    pixel CE) and all gradients are finite."""
     outputs, labels = criterion_inputs()
     half = {k: [t.to(torch.bfloat16) for t in v] for k, v in outputs.items()}
     crit = ECENetCriterion(tiny_cfg("MODEL.SEM_SEG_HEAD.NUM_CLASSES", "3"))
@@ -699,7 +700,7 @@ def test_losses_are_float32_under_bfloat16_autocast():
         losses = model(batch)
     assert set(losses) == set(reference)
     for key, value in losses.items():
-        assert value.dtype == torch.float32 and value.item() == pytest.approx(reference[key], rel=0.05), key
+        assert value.dtype == torch.float32 and value.item() == pytest.approx(reference[key], rel=0.01), key
     sum(losses.values()).backward()
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     assert len(grads) > 0 and all(torch.isfinite(g).all() for g in grads)
