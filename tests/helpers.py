@@ -115,6 +115,16 @@ def train_and_test_on_embedded_benchmark(root, opts=()):
     return trainer, {name: results[name]["sem_seg"] for name in splits}
 
 
+def save_random_model(cfg, folder):
+    """Save a freshly initialised (seed 0) model of ``cfg`` as ``folder/model.pth``; returns the path."""
+    from detectron2.checkpoint import DetectionCheckpointer
+    from segcls.engine import Trainer
+
+    torch.manual_seed(0)
+    DetectionCheckpointer(Trainer.build_model(cfg), save_dir=str(folder)).save("model")
+    return os.path.join(str(folder), "model.pth")
+
+
 def tiny_batch(seed=0, with_labels=True, num_classes=4, ignore_value=255):
     """Two uint8 images of different sizes (40x48, 36x44) as model inputs, with random labels in
     [0, num_classes) whose top 4 rows are ``ignore_value`` (``with_labels``)."""

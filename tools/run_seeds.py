@@ -6,7 +6,7 @@ Train and evaluate one or more configs with several seeds and summarise mean and
         configs/synthetic_context/fcn_r18_demo.yaml configs/synthetic_context/fcn_r18_car.yaml
 
 Each run is ``tools/train_net.py --config-file CFG SEED s OUTPUT_DIR <output>/<cfg>/seed<s>``
-(``--opts KEY VALUE ...``, last on the command line, is passed to every run). A run whose ``eval/metrics.json``
+(``--opts KEY VALUE ...``, last on the command line, is passed to every run). A run whose ``eval/results.json``
 already exists is not repeated. The summary (mean, sample standard deviation, min, max of mIoU,
 mACC and pACC per test dataset) is printed as a table and written to ``<output>/summary.json``.
 """
@@ -23,7 +23,7 @@ METRICS = ("mIoU", "mACC", "pACC")
 
 
 def run(config, seed, output_dir, opts):
-    metrics_file = os.path.join(output_dir, "eval", "metrics.json")
+    metrics_file = os.path.join(output_dir, "eval", "results.json")
     if not os.path.isfile(metrics_file):
         train_net = os.path.join(os.path.dirname(os.path.abspath(__file__)), "train_net.py")
         cmd = [sys.executable, train_net, "--config-file", config, "SEED", str(seed), "OUTPUT_DIR", output_dir,

@@ -8,7 +8,7 @@ Train and/or evaluate a segcls model.
     python tools/train_net.py --config-file CFG --num-gpus 8        # 8 GPUs (nccl)
     python tools/train_net.py --config-file CFG --num-gpus 2 --dist-backend gloo MODEL.DEVICE cpu
 
-Evaluation results go to OUTPUT_DIR/eval/metrics.json and overlays to OUTPUT_DIR/eval/<dataset>/overlays/.
+Evaluation results go to OUTPUT_DIR/eval/results.json and overlays to OUTPUT_DIR/eval/<dataset>/overlays/.
 """
 import segcls  # noqa: F401  (registers datasets and modules)
 from segcls.engine import train_net_cli

@@ -261,14 +261,27 @@ class SemSegDatasetMapper:
             if label is None:
                 raise ValueError(f"training record for '{dataset_dict['file_name']}' has no 'sem_seg_file_name'")
             image, label = self._augment(image, label, rng)
-        elif self.test_resize and self.base_size:
-            h, w = rescale_size(height, width, self.base_size, 1.0)
-            image = cv2.resize(image, (w, h), interpolation=cv2.INTER_LINEAR)
-        dataset_dict["height"], dataset_dict["width"] = height, width
-        dataset_dict["image"] = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
+            dataset_dict["height"], dataset_dict["width"] = height, width
+            dataset_dict["image"] = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
+        else:
+            dataset_dict.update(self.test_input(image))
         if label is not None:
             dataset_dict["sem_seg"] = torch.as_tensor(label.astype(np.int64))
         return dataset_dict
+
+    def test_input(self, image: np.ndarray) -> dict:
+        """The test-time model input of a decoded (H, W, 3) uint8 image in ``image_format``: the
+        optional keep-ratio resize to ``base_size`` (``INPUT.TEST_RESIZE``); ``"height"``/``"width"``
+        the original size. Used for dataset records and for in-memory images (video frames)."""
+        height, width = image.shape[:2]
+        if self.test_resize and self.base_size:
+            h, w = rescale_size(height, width, self.base_size, 1.0)
+            image = cv2.resize(image, (w, h), interpolation=cv2.INTER_LINEAR)
+        return {
+            "height": height,
+            "width": width,
+            "image": torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1))),
+        }
 
     def _augment(self, image, label, rng):
         h, w = rescale_size(*label.shape, self.base_size, rng.uniform(*self.ratio_range))

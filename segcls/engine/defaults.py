@@ -87,8 +87,15 @@ def train_net_main(args, add_config_fns=()):
     cfg = setup(args, add_config_fns)
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
-        return Trainer.test(cfg, model)
+        checkpointer = DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
+        checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        results = Trainer.test(cfg, model)
+        if cfg.MODEL.EMA.ENABLED:  # the EMA weights stored alongside, evaluated to OUTPUT_DIR/eval_ema/
+            from .ema import load_ema_weights
+
+            path = checkpointer.get_checkpoint_file() if args.resume and checkpointer.has_checkpoint() else cfg.MODEL.WEIGHTS
+            results["ema"] = Trainer.test(cfg, load_ema_weights(Trainer.build_model(cfg), path), eval_dir="eval_ema")
+        return results
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)
     return trainer.train()

@@ -17,16 +17,21 @@ from collections import OrderedDict
 import numpy as np
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.evaluation import inference_on_dataset
-from detectron2.engine import AMPTrainer, DefaultTrainer, HookBase, SimpleTrainer, TrainerBase, create_ddp_model
+from detectron2.evaluation import DatasetEvaluators, inference_on_dataset
+from detectron2.engine import AMPTrainer, DefaultTrainer, HookBase, SimpleTrainer, TrainerBase, create_ddp_model, hooks
 from detectron2.utils import comm
 from detectron2.utils.env import seed_all_rng
+from detectron2.utils.events import TensorboardXWriter
 from detectron2.utils.logger import setup_logger
 
 from .. import solver
 from ..data import build_test_loader, build_train_loader
 from ..evaluation import build_evaluator
 from ..utils.io import atomic_write
+from .ema import CHECKPOINT_KEY as EMA_CHECKPOINT_KEY
+from .ema import EMAHook, ModelEMA
+from .visualization import PanelEvaluator, TrainingPanelsHook
+from .wandb_writer import WandbWriter
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +87,32 @@ class Trainer(DefaultTrainer):
         self.register_hooks(self.build_hooks())
 
     def build_hooks(self):
-        return [IterationSeedHook(self.cfg.SEED)] + super().build_hooks()
+        """detectron2's hooks, after :class:`IterationSeedHook` and (``MODEL.EMA.ENABLED``) the EMA
+        update, plus the EMA's evaluation right after the raw weights' (``eval_ema/``) and the
+        TensorBoard panels every ``VIS_PERIOD`` (:mod:`segcls.engine.visualization`)."""
+        ret = [IterationSeedHook(self.cfg.SEED)]
+        d2_hooks = super().build_hooks()
+        # after the evaluation, before the writers (PeriodicWriter, main process only, comes last)
+        after_eval = [i for i, h in enumerate(d2_hooks) if isinstance(h, hooks.EvalHook)][-1] + 1
+        d2_hooks.insert(after_eval, TrainingPanelsHook.from_config(self.cfg))
+        if self.cfg.MODEL.EMA.ENABLED:
+            ema = ModelEMA(self.model, self.cfg.MODEL.EMA.DECAY, self.cfg.MODEL.EMA.WARMUP)
+            self.checkpointer.add_checkpointable(EMA_CHECKPOINT_KEY, ema)
+            ret.append(EMAHook(ema))
+            d2_hooks.insert(after_eval, hooks.EvalHook(
+                self.cfg.TEST.EVAL_PERIOD, lambda: {"ema": self.test(self.cfg, ema.module, eval_dir="eval_ema")}
+            ))
+        return ret + d2_hooks
+
+    def build_writers(self):
+        """detectron2's writers (console, ``metrics.json``, TensorBoard) and, with
+        ``WANDB.ENABLED``, Weights & Biases, placed before TensorBoard's writer (which clears the
+        images it writes)."""
+        writers = super().build_writers()
+        if self.cfg.WANDB.ENABLED:
+            index = next((i for i, w in enumerate(writers) if isinstance(w, TensorboardXWriter)), len(writers))
+            writers.insert(index, WandbWriter.from_config(self.cfg))
+        return writers
 
     def state_dict(self):
         # detectron2 v0.6's DefaultTrainer checkpoints only the iteration and hook states, not the
@@ -123,28 +153,42 @@ class Trainer(DefaultTrainer):
         return solver.build_lr_scheduler(cfg, optimizer)
 
     @classmethod
-    def test(cls, cfg, model, evaluators=None):
+    def test(cls, cfg, model, evaluators=None, eval_dir="eval"):
         """
         Evaluate on every dataset of ``cfg.DATASETS.TEST``; returns ``{dataset: {task: metrics}}``
-        and, on the main process, writes it to ``OUTPUT_DIR/eval/metrics.json`` (atomically).
+        and, on the main process, writes it to ``OUTPUT_DIR/<eval_dir>/results.json`` (atomically;
+        ``eval_dir`` is ``eval`` for the raw weights, ``eval_ema`` for their EMA). With
+        ``VIS_PERIOD > 0`` the first images' panels also go to TensorBoard (``<eval_dir>/<dataset>/<i>``).
         """
         results = OrderedDict()
         for idx, dataset_name in enumerate(cfg.DATASETS.TEST):
-            evaluator = cls.build_evaluator(cfg, dataset_name) if evaluators is None else evaluators[idx]
+            if evaluators is None:
+                evaluator = cls.build_evaluator(cfg, dataset_name, os.path.join(cfg.OUTPUT_DIR, eval_dir, dataset_name))
+            else:
+                evaluator = evaluators[idx]
+            if cfg.VIS_PERIOD > 0 and cfg.SEGCLS.VIS_IMAGES > 0:
+                evaluator = DatasetEvaluators([evaluator, PanelEvaluator(
+                    dataset_name, f"{eval_dir}/{dataset_name}", cfg.SEGCLS.VIS_IMAGES, cfg.INPUT.FORMAT
+                )])
             results[dataset_name] = inference_on_dataset(model, cls.build_test_loader(cfg, dataset_name), evaluator)
         if comm.is_main_process() and cfg.OUTPUT_DIR:
-            write_metrics(results, os.path.join(cfg.OUTPUT_DIR, "eval", "metrics.json"))
+            write_metrics(results, os.path.join(cfg.OUTPUT_DIR, eval_dir, "results.json"))
         return results
 
 
 def write_metrics(results, path):
-    """Write evaluation results ({dataset: {task: {metric: value}}}) as JSON, atomically."""
+    """Write evaluation results ({dataset: {task: {metric: value}}}) as strict JSON, atomically;
+    NaN (e.g. the IoU of a class absent from the ground truth and the predictions) becomes null."""
 
     def plain(obj):
-        if isinstance(obj, (dict, OrderedDict)):
+        if isinstance(obj, dict):
             return {k: plain(v) for k, v in obj.items()}
-        return None if isinstance(obj, float) and np.isnan(obj) else float(obj)
+        if isinstance(obj, (list, tuple)):
+            return [plain(v) for v in obj]
+        if obj is None or isinstance(obj, str):
+            return obj
+        return None if not np.isfinite(obj) else float(obj)  # strict JSON: no NaN/Infinity literals
 
     with atomic_write(path, "w") as f:
-        json.dump(plain(results), f, indent=2)
+        json.dump(plain(results), f, indent=2, allow_nan=False)
     logger.info(f"Evaluation results written to {path}")

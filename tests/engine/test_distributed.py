@@ -32,7 +32,7 @@ def test_two_gloo_processes_train_and_gather_evaluation(tmp_path):
     cfg = tiny_config(tmp_path / "out", train=[name], test=[name], opts=["SOLVER.MAX_ITER", "2"])
     launch(_worker, 2, dist_url="auto", backend="gloo", args=(cfg, name, meta.image_root, meta.sem_seg_root))
 
-    gathered = json.loads((tmp_path / "out" / "eval" / "metrics.json").read_text())[name]["sem_seg"]
+    gathered = json.loads((tmp_path / "out" / "eval" / "results.json").read_text())[name]["sem_seg"]
     model = Trainer.build_model(cfg)
     DetectionCheckpointer(model).load(str(tmp_path / "out" / "model_final.pth"))
     single_cfg = tiny_config(tmp_path / "single", train=[name], test=[name])

@@ -52,7 +52,7 @@ def test_train_then_evaluate_writes_metrics_and_overlays(tmp_path, tiny_dataset)
     metrics = results[tiny_dataset]["sem_seg"]
     for key in ("mIoU", "pACC", "mACC", "IoU-c0", "IoU-c2"):
         assert 0.0 <= metrics[key] <= 100.0, key
-    written = json.loads((tmp_path / "out" / "eval" / "metrics.json").read_text())
+    written = json.loads((tmp_path / "out" / "eval" / "results.json").read_text())
     assert written[tiny_dataset]["sem_seg"]["mIoU"] == metrics["mIoU"]
     overlays = sorted(os.listdir(tmp_path / "out" / "eval" / tiny_dataset / "overlays"))
     assert len(overlays) == 2 and all(f.endswith(".png") for f in overlays)

@@ -876,7 +876,7 @@ def test_ecenet_inference_contract_and_semseg_evaluator(tmp_path):
     results = Trainer.test(cfg, model)
     metrics = results[name]["sem_seg"]
     assert 0 <= metrics["mIoU"] <= 100 and 0 <= metrics["pACC"] <= 100
-    assert os.path.isfile(tmp_path / "out" / "eval" / "metrics.json")
+    assert os.path.isfile(tmp_path / "out" / "eval" / "results.json")
 
 
 def test_per_pixel_segmentor_keeps_its_contract():

@@ -16,7 +16,7 @@ def test_summary_of_existing_runs(tmp_path):
         out = tmp_path / "cfg" / f"seed{seed}" / "eval"
         out.mkdir(parents=True)
         metrics = {"ds": {"sem_seg": {"mIoU": miou, "mACC": 2 * miou, "pACC": 90.0}}}
-        (out / "metrics.json").write_text(json.dumps(metrics))
+        (out / "results.json").write_text(json.dumps(metrics))
     run_seeds.main(["cfg.yaml", "--seeds", "0", "1", "2", "--output", str(tmp_path)])
     summary = json.loads((tmp_path / "summary.json").read_text())["results"]["cfg"]["ds"]
     assert summary["mIoU"]["mean"] == pytest.approx(52.0)
