@@ -101,6 +101,30 @@ def tiny_opts(output_dir, train=(), test=(), num_classes=3, opts=()):
     )
 
 
+def train_and_test_on_embedded_benchmark(root, opts=()):
+    """Generates a tiny embedded benchmark (4 training, 2 + 2 test images of 48x48) under ``root``,
+    trains :func:`tiny_config` with ``opts`` on it and evaluates on ``val`` and ``val_rare``.
+    Returns (trainer, {split name: SemSegEvaluator metrics})."""
+    from segcls.data.datasets.synthetic_context import generate_synthetic_context, register_synthetic_context
+    from segcls.engine import Trainer
+
+    generate_synthetic_context(str(root), num_train=4, num_val=2, num_val_rare=2, image_size=48)
+    register_synthetic_context(str(root))
+    splits = ["synthetic_context_val", "synthetic_context_val_rare"]
+    cfg = tiny_config(
+        os.path.join(str(root), "out"),
+        train=["synthetic_context_train"],
+        test=splits,
+        num_classes=11,
+        opts=list(opts) + ["TEST.NUM_OVERLAYS", "0"],
+    )
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    results = Trainer.test(cfg, trainer.model)
+    return trainer, {name: results[name]["sem_seg"] for name in splits}
+
+
 def save_random_model(cfg, folder):
     """Save a freshly initialised (seed 0) model of ``cfg`` as ``folder/model.pth``; returns the path."""
     from detectron2.checkpoint import DetectionCheckpointer

@@ -10,12 +10,12 @@ from torch.nn import functional as F
 
 import segcls  # noqa: F401  (registers everything)
 from segcls.benchmarks.measure import count_flops
-from segcls.engine import Trainer, load_config
+from segcls.engine import load_config
 from segcls.modeling import PIXEL_LOSS_REGISTRY
 from segcls.modeling.csfrn import AAM, CSFRNHead, class_aware_consistency_loss, class_statistics
 from segcls.modeling.losses import lovasz_grad, lovasz_hinge, lovasz_hinge_flat
 from segcls.modeling.losses.lovasz import LovaszSoftmaxLoss
-from helpers import REPO, TINY_MODEL, ImageToLogits, tiny_batch, tiny_config
+from helpers import REPO, TINY_MODEL, ImageToLogits, tiny_batch, train_and_test_on_embedded_benchmark
 
 IGNORE = 255
 ROOT = REPO
@@ -402,23 +402,8 @@ def test_inference_cost_is_only_the_embedding_branch_and_aam(aam):
 
 
 def test_train_and_evaluate_on_the_embedded_benchmark(tmp_path):
-    from segcls.data.datasets.synthetic_context import generate_synthetic_context, register_synthetic_context
-
-    generate_synthetic_context(str(tmp_path), num_train=4, num_val=2, num_val_rare=2, image_size=48)
-    register_synthetic_context(str(tmp_path))
-    cfg = tiny_config(
-        tmp_path / "out",
-        train=["synthetic_context_train"],
-        test=["synthetic_context_val", "synthetic_context_val_rare"],
-        num_classes=11,
-        opts=CSFRN + ["TEST.NUM_OVERLAYS", "0"],
-    )
-    trainer = Trainer(cfg)
-    trainer.resume_or_load(resume=False)
-    trainer.train()
-    results = Trainer.test(cfg, trainer.model)
-    for name in ("synthetic_context_val", "synthetic_context_val_rare"):
-        assert 0.0 <= results[name]["sem_seg"]["mIoU"] <= 100.0
+    _, metrics = train_and_test_on_embedded_benchmark(tmp_path, CSFRN)
+    assert all(0.0 <= m["mIoU"] <= 100.0 for m in metrics.values())
 
 
 def test_synthetic_config_builds():
