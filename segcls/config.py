@@ -61,11 +61,19 @@ def add_segcls_config(cfg):
     # Output stride of the deepest feature: 8 (res4 dilation 2, res5 dilation 4), 16 (res5
     # dilation 2) or 32 (no dilation). DeepLab, PSPNet and the CAR/CAC papers use 8.
     cfg.MODEL.RESNETS.OUTPUT_STRIDE = 8
-    # "basic": one 7x7 conv (torchvision/detectron2). "deeplab": three 3x3 convs, the "ResNet-D" /
-    # "ResNetV1c" stem of DeepLab, PSPNet and mmsegmentation (STEM_OUT_CHANNELS=128 there).
+    # True: the first block of a dilated stage uses half its dilation (res4 1-2-2..., res5 2-4-4),
+    # as torchvision's replace_stride_with_dilation and mmsegmentation's contract_dilation=True,
+    # whose checkpoints then compute the same features. False: every block of the stage uses its
+    # dilation (segcls's behaviour before this key). Not applied to a res5 with RES5_MULTI_GRID.
+    cfg.MODEL.RESNETS.CONTRACT_DILATION = True
+    # "basic": one 7x7 conv (torchvision/detectron2). "deeplab": three 3x3 convs of
+    # STEM_OUT_CHANNELS/2, /2 and STEM_OUT_CHANNELS channels, the "ResNetV1c" stem of DeepLab,
+    # PSPNet and mmsegmentation (mmseg's stem_channels=64, i.e. 32-32-64: STEM_OUT_CHANNELS 64).
     cfg.MODEL.RESNETS.STEM_TYPE = "basic"
     # Dilation multipliers of the res5 blocks, one per block (DeepLabV3's "multi-grid", e.g.
-    # [1, 2, 4]); [] = off.
+    # [1, 2, 4] at output stride 8 = dilations 4, 8, 16); [] = off. Relative to the stage's
+    # dilation; mmsegmentation's multi_grid is absolute: its g is g / rate here (its (1, 2, 4) at
+    # dilation 4 is [0.25, 0.5, 1]; products must be integers).
     cfg.MODEL.RESNETS.RES5_MULTI_GRID = []
 
     # Decode head and auxiliary head (MODEL.DECODE_HEAD, MODEL.AUX_HEAD; DECODE_HEAD_REGISTRY):

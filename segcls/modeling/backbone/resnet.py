@@ -8,8 +8,18 @@ Dilated ResNets as detectron2 backbones, for semantic segmentation.
 - the standard 7x7 stem (``STEM_TYPE: basic``) or DeepLab's three-3x3 stem (``deeplab``, the
   "ResNet-D/V1c" stem of DeepLab, PSPNet and mmsegmentation);
 - output stride 8 (res4 dilation 2, res5 dilation 4), 16 (res5 dilation 2) or 32: a dilated stage
-  keeps the resolution of the stage before it (stride 1) and dilates every 3x3 conv by its rate,
-  times ``RES5_MULTI_GRID`` in res5 (DeepLabV3's multi-grid).
+  keeps the resolution of the stage before it (stride 1) and dilates its 3x3 convs by its rate.
+  ``CONTRACT_DILATION`` True (default): the first block of a dilated stage uses half the rate
+  (res4: 1, 2, 2, ...; res5: 2, 4, 4), the convention of torchvision's
+  ``replace_stride_with_dilation`` (the first block keeps the previous stage's dilation) and of
+  mmsegmentation's ``contract_dilation=True`` (its ResNetV1c configs), so that their checkpoints
+  compute the same features. False: every block uses the stage's rate (segcls before this option).
+- ``RES5_MULTI_GRID`` (DeepLabV3's multi-grid, Sec. 3.2 of Chen et al. 2017): res5 block ``i`` uses
+  the stage rate *times* ``grid[i]`` (``[1, 2, 4]`` at output stride 8 = dilations 4, 8, 16), with
+  no contraction of the first block. mmsegmentation's ``multi_grid`` is absolute instead (block
+  ``i`` uses ``multi_grid[i]``): mmseg's ``g`` is ``RES5_MULTI_GRID = g / rate`` here, e.g. its
+  ``(4, 8, 16)`` at dilation 4 is ``[1, 2, 4]`` and its ``(1, 2, 4)`` is ``[0.25, 0.5, 1]`` (the
+  products must be integers).
 
 Outputs are named ``res2``..``res5``; ``output_shape()`` reports each one's true stride
 (so a dilated res5 reports stride 8) and channels.
@@ -111,6 +121,22 @@ class DilatedResNet(ResNet):
         load_checked_state_dict(self, state_dict, path, "detectron2 ResNet", skipped=("fc.weight", "fc.bias"))
 
 
+def _block_dilations(dilation, num_blocks, multi_grid, contract):
+    """Dilation of each block of a stage of rate ``dilation`` (see the module docstring):
+    ``dilation * multi_grid[i]`` when a multi-grid is given; else ``dilation`` for every block,
+    the first one using ``dilation // 2`` when ``contract`` and ``dilation > 1``."""
+    if multi_grid:
+        dilations = [dilation * g for g in multi_grid]
+        if any(d != int(d) or d < 1 for d in dilations):
+            raise ValueError(
+                f"MODEL.RESNETS.RES5_MULTI_GRID={list(multi_grid)}: times the res5 rate {dilation} it gives "
+                f"dilations {dilations}; expected positive integers"
+            )
+        return [int(d) for d in dilations]
+    first = dilation // 2 if contract and dilation > 1 else dilation
+    return [first] + [dilation] * (num_blocks - 1)
+
+
 @BACKBONE_REGISTRY.register()
 def build_resnet_dilated_backbone(cfg, input_shape: ShapeSpec):
     """Build a dilated ResNet from ``cfg.MODEL.RESNETS`` (see the module docstring)."""
@@ -148,8 +174,9 @@ def build_resnet_dilated_backbone(cfg, input_shape: ShapeSpec):
             "out_channels": out_channels,
             "norm": norm,
         }
-        grid = r.RES5_MULTI_GRID if idx == 3 and r.RES5_MULTI_GRID else [1] * num_blocks
-        stage_kargs["dilation_per_block"] = [dilation * g for g in grid]
+        stage_kargs["dilation_per_block"] = _block_dilations(
+            dilation, num_blocks, r.RES5_MULTI_GRID if idx == 3 else [], r.CONTRACT_DILATION
+        )
         if depth >= 50:
             stage_kargs.update(
                 block_class=BottleneckBlock,
