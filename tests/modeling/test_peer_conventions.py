@@ -48,3 +48,23 @@ def test_deeplab_stem_is_mmseg_v1c_32_32_64(config):
     cfg = load_config(config, ["MODEL.RESNETS.NORM", "BN", "MODEL.DEVICE", "cpu"])
     stem = build_backbone(cfg).stem
     assert [stem.conv1.out_channels, stem.conv2.out_channels, stem.conv3.out_channels] == [32, 32, 64]
+
+
+def test_mmseg_deeplabv3plus_layout_has_mmseg_parameter_count():
+    """mmsegmentation 1.2.2's DepthwiseSeparableASPPHead(in_channels=2048, channels=512,
+    dilations=(1, 12, 24, 36), c1_in_channels=256, c1_channels=48, num_classes=150) has 17,765,126
+    parameters (image_pool 1,049,600, aspp_modules 4,265,984, bottleneck 11,797,504, c1_bottleneck
+    12,384, sep_bottleneck 562,704, conv_seg 76,950; counted on the real module)."""
+    from detectron2.modeling import build_model
+
+    cfg = load_config(
+        "configs/ade20k/deeplabv3plus_r50-d8_512x512_80k.yaml",
+        ["MODEL.RESNETS.NORM", "BN", "MODEL.DECODE_HEAD.NORM", "BN", "MODEL.AUX_HEAD.ENABLED", "False",
+         "MODEL.DEVICE", "cpu"],
+    )  # fmt: skip
+    model = build_model(cfg)
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    head = model.decode_head
+    assert count(head.aspp.image_pool) == 1_049_600 and count(head.aspp.project) == 11_797_504
+    assert count(head.convs) + count(head.tail) == 562_704
+    assert count(head) + count(model.classifier) == 17_765_126
