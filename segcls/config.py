@@ -112,9 +112,10 @@ def add_segcls_config(cfg):
     cfg.INPUT.RATIO_RANGE = [0.5, 2.0]
     # Test-time resize to BASE_SIZE (keep ratio, ratio 1). False = evaluate at the original size.
     cfg.INPUT.TEST_RESIZE = False
-    # Random crop (absolute pixels, [height, width]) with DeepLab's category-area constraint: up to
-    # 10 tries to find a crop whose most frequent category covers at most SINGLE_CATEGORY_MAX_AREA
-    # of its labelled pixels (1.0 = unconstrained).
+    # Random crop (absolute pixels, [height, width]) with DeepLab's category-area constraint, as
+    # mmsegmentation's RandomCrop: up to 10 checked draws for a crop whose most frequent category
+    # covers less than SINGLE_CATEGORY_MAX_AREA of its labelled pixels, then an 11th unchecked
+    # one (1.0 = unconstrained).
     cfg.INPUT.CROP.ENABLED = True
     cfg.INPUT.CROP.TYPE = "absolute"
     cfg.INPUT.CROP.SIZE = [512, 512]
@@ -123,9 +124,9 @@ def add_segcls_config(cfg):
     cfg.INPUT.RANDOM_FLIP = "horizontal"
     # Photometric distortion (brightness, contrast, saturation, hue) as in mmsegmentation/SSD.
     cfg.INPUT.COLOR_AUG_SSD = False
-    # Images and labels are padded (labels with IGNORE_VALUE) to a multiple of this inside the
-    # model (a true divisor of the batch's size); during training they are also padded to the
-    # crop size. -1 = use the backbone's size_divisibility.
+    # Images and labels are padded (normalised images with 0, labels with IGNORE_VALUE, as
+    # mmsegmentation) to a multiple of this inside the model (a true divisor of the batch's size);
+    # during training they are also padded to the crop size. -1 = use the backbone's size_divisibility.
     cfg.INPUT.SIZE_DIVISIBILITY = -1
 
     # Resumable, reproducible training sampler (see segcls.data.build.ResumableTrainingSampler).
