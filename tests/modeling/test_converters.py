@@ -1,0 +1,257 @@
+"""
+Converters (issue 14): peer checkpoints -> segcls, equal outputs after the transfer, and the guard
+that a conversion leaving expected tensors unmapped fails (issue 17, item 7).
+
+torchvision is a dependency, so its segmentation models are compared directly (float64, every
+parameter and BN statistic random). mmsegmentation checkpoints are written here in mmseg's exact
+key layout (names listed from mmsegmentation 1.2.2's modules); the optional ``-m peers`` suite
+(tests/peers/) builds the real mmseg modules.
+"""
+import re
+
+import pytest
+import torch
+import torchvision
+from detectron2.modeling import build_model
+
+from segcls.converters import ConversionError, convert_state_dict, read_checkpoint
+from segcls.engine.defaults import load_config
+from segcls.modeling.layers import resize
+
+K = 5
+
+
+def randomize(module, seed=0):
+    """Every parameter and BN statistic random, in place (He-scaled conv weights, BN scales around
+    1, positive variances, so that activations neither vanish nor explode); returns module."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, t in module.state_dict().items():
+            if not t.dtype.is_floating_point:
+                continue
+            r = torch.randn(t.shape, generator=g, dtype=t.dtype)
+            if "running_var" in name:
+                r = torch.rand(t.shape, generator=g, dtype=t.dtype) * 0.5 + 0.75
+            elif t.dim() > 1:
+                r = r * (2.0 / t[0].numel()) ** 0.5
+            elif name.endswith("weight"):
+                r = 1 + 0.2 * r
+            else:
+                r = 0.1 * r
+            t.copy_(r)
+    return module
+
+
+def segcls_model(opts):
+    base = ["MODEL.DEVICE", "cpu", "MODEL.SEM_SEG_HEAD.NUM_CLASSES", K, "MODEL.PIXEL_MEAN", "[0.0, 0.0, 0.0]",
+            "MODEL.PIXEL_STD", "[1.0, 1.0, 1.0]"]  # fmt: skip
+    return build_model(load_config(opts=base + list(opts))).double().eval()
+
+
+def segcls_logits(model, x):
+    """Main logits via the public API and auxiliary logits (upsampled like torchvision's)."""
+    with torch.no_grad():
+        main = torch.stack([model([{"image": img}])[0]["sem_seg"] for img in x])
+        aux = None
+        if model.aux_head is not None:
+            aux = model.aux_classifier(model.aux_head(model.backbone(x)).pixel_feature).logits
+            aux = resize(aux, x.shape[-2:], False)
+    return main, aux
+
+
+TORCHVISION = {
+    "fcn_resnet50": ["MODEL.DECODE_HEAD.CHANNELS", 512],
+    "deeplabv3_resnet50": ["MODEL.DECODE_HEAD.NAME", "ASPPHead", "MODEL.DECODE_HEAD.CHANNELS", 256],
+}
+AUX = ["MODEL.AUX_HEAD.ENABLED", "True", "MODEL.AUX_HEAD.CHANNELS", 256, "MODEL.AUX_HEAD.IN_FEATURES", '["res4"]']
+
+
+@pytest.mark.parametrize("name", sorted(TORCHVISION))
+def test_torchvision_segmentation_model_converts_to_equal_outputs(tmp_path, name):
+    tv = getattr(torchvision.models.segmentation, name)(weights=None, weights_backbone=None, num_classes=K, aux_loss=True)
+    tv = randomize(tv).double().eval()
+    path = str(tmp_path / f"{name}.pth")
+    torch.save(tv.state_dict(), path)
+    model = segcls_model(TORCHVISION[name] + AUX)
+    conversion = convert_state_dict(read_checkpoint(path), model, path)
+    assert conversion.layout == "torchvision_segmentation" and not conversion.unused
+    result = model.load_state_dict(conversion.tensors, strict=False)
+    assert not result.unexpected_keys and all(k.endswith("num_batches_tracked") for k in result.missing_keys)
+    x = torch.randn(2, 3, 40, 48, dtype=torch.float64)
+    with torch.no_grad():
+        expected = tv(x)
+    main, aux = segcls_logits(model, x)
+    scale = expected["out"].abs().max()
+    assert scale > 1  # a meaningful comparison, not of near-zero logits
+    torch.testing.assert_close(main, expected["out"], rtol=0, atol=1e-10 * scale)
+    torch.testing.assert_close(aux, expected["aux"], rtol=0, atol=1e-10 * expected["aux"].abs().max())
+    # The first-block dilation (MODEL.RESNETS.CONTRACT_DILATION) is what makes them equal: with
+    # segcls's former all-blocks dilation the same weights compute other logits.
+    for stage, dilation in (("res4", 2), ("res5", 4)):
+        conv = getattr(model.backbone, stage)[0].conv2
+        conv.dilation, conv.padding = (dilation, dilation), (dilation, dilation)
+    assert (segcls_logits(model, x)[0] - expected["out"]).abs().max() > 1e-3 * scale
+
+
+def test_unmapped_tensors_are_an_error_naming_them_unless_partial():
+    """A model file without the auxiliary head the config asks for, a backbone file missing its stem,
+    or a file of another head shape fails, naming the tensors."""
+    tv = torchvision.models.segmentation.fcn_resnet50(weights=None, weights_backbone=None, num_classes=K)
+    model = segcls_model(TORCHVISION["fcn_resnet50"] + AUX)
+    with pytest.raises(ConversionError, match=r"'fcn.pth' leaves 7 of the \d+ tensors .* unmapped.*aux_head\.tail\.conv\.weight"):
+        convert_state_dict(tv.state_dict(), model, "fcn.pth")
+    with pytest.raises(ConversionError, match=r"other shapes, first: decode_head.tail.conv.weight: \(512, 2048, 3, 3\)"):
+        convert_state_dict(tv.state_dict(), segcls_model(["MODEL.DECODE_HEAD.CHANNELS", 256]), "fcn.pth")
+    resnet = {k: v for k, v in torchvision.models.resnet50().state_dict().items() if not k.startswith(("conv1", "bn1"))}
+    with pytest.raises(ConversionError, match=r"\(the backbone\) unmapped.*backbone\.stem\.conv1\.weight"):
+        convert_state_dict(resnet, model, "r50.pth")
+    conversion = convert_state_dict(resnet, model, "r50.pth", allow_partial=True)
+    assert "backbone.stem.conv1.weight" in conversion.unmapped and conversion.scope == "backbone"
+
+
+# ------------------------------------------------------------------------------------------------
+# mmsegmentation layouts (key names of mmsegmentation 1.2.2's modules)
+# ------------------------------------------------------------------------------------------------
+def mmseg_resnet_v1c(prefix, depth=50, width=64):
+    """{name: shape} of mmseg's ResNetV1c (stem_channels=64, deep stem 32-32-64)."""
+    shapes = {}
+
+    def bn(name, c):
+        shapes.update({f"{name}.{s}": (c,) for s in ("weight", "bias", "running_mean", "running_var")})
+        shapes[f"{name}.num_batches_tracked"] = ()
+
+    shapes[f"{prefix}stem.0.weight"] = (32, 3, 3, 3); bn(f"{prefix}stem.1", 32)  # noqa: E702
+    shapes[f"{prefix}stem.3.weight"] = (32, 32, 3, 3); bn(f"{prefix}stem.4", 32)  # noqa: E702
+    shapes[f"{prefix}stem.6.weight"] = (64, 32, 3, 3); bn(f"{prefix}stem.7", 64)  # noqa: E702
+    blocks = {50: [3, 4, 6, 3], 101: [3, 4, 23, 3]}[depth]
+    cin = 64
+    for i, n in enumerate(blocks):
+        mid, out = width * 2**i, width * 4 * 2**i
+        for j in range(n):
+            p = f"{prefix}layer{i + 1}.{j}."
+            shapes[p + "conv1.weight"] = (mid, cin if j == 0 else out, 1, 1); bn(p + "bn1", mid)  # noqa: E702
+            shapes[p + "conv2.weight"] = (mid, mid, 3, 3); bn(p + "bn2", mid)  # noqa: E702
+            shapes[p + "conv3.weight"] = (out, mid, 1, 1); bn(p + "bn3", out)  # noqa: E702
+            if j == 0:
+                shapes[p + "downsample.0.weight"] = (out, cin, 1, 1); bn(p + "downsample.1", out)  # noqa: E702
+        cin = out
+    return shapes
+
+
+def conv_module(name, cout, cin, k, depthwise=False):
+    shapes = {f"{name}.conv.weight": (cout, 1 if depthwise else cin, k, k)}
+    shapes.update({f"{name}.bn.{s}": (cout,) for s in ("weight", "bias", "running_mean", "running_var")})
+    shapes[f"{name}.bn.num_batches_tracked"] = ()
+    return shapes
+
+
+def mmseg_fcn_head(prefix, cin, ch, num_convs, concat_input):
+    shapes = {}
+    for i in range(num_convs):
+        shapes.update(conv_module(f"{prefix}.convs.{i}", ch, cin if i == 0 else ch, 3))
+    if concat_input:
+        shapes.update(conv_module(f"{prefix}.conv_cat", ch, cin + ch, 3))
+    shapes.update({f"{prefix}.conv_seg.weight": (K, ch, 1, 1), f"{prefix}.conv_seg.bias": (K,)})
+    return shapes
+
+
+def mmseg_aspp_head(prefix, cin, ch, separable):
+    shapes = conv_module(f"{prefix}.image_pool.1", ch, cin, 1)
+    shapes.update(conv_module(f"{prefix}.aspp_modules.0", ch, cin, 1))
+    for i in (1, 2, 3):
+        if separable:
+            shapes.update(conv_module(f"{prefix}.aspp_modules.{i}.depthwise_conv", cin, cin, 3, depthwise=True))
+            shapes.update(conv_module(f"{prefix}.aspp_modules.{i}.pointwise_conv", ch, cin, 1))
+        else:
+            shapes.update(conv_module(f"{prefix}.aspp_modules.{i}", ch, cin, 3))
+    shapes.update(conv_module(f"{prefix}.bottleneck", ch, 5 * ch, 3))
+    if separable:
+        shapes.update(conv_module(f"{prefix}.c1_bottleneck", 48, 256, 1))
+        for i, c in enumerate((ch + 48, ch)):
+            shapes.update(conv_module(f"{prefix}.sep_bottleneck.{i}.depthwise_conv", c, c, 3, depthwise=True))
+            shapes.update(conv_module(f"{prefix}.sep_bottleneck.{i}.pointwise_conv", ch, c, 1))
+    shapes.update({f"{prefix}.conv_seg.weight": (K, ch, 1, 1), f"{prefix}.conv_seg.bias": (K,)})
+    return shapes
+
+
+def random_state(shapes, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {k: torch.randint(0, 5, s, generator=g) if not s else torch.randn(s, generator=g) for k, s in shapes.items()}
+
+
+MMSEG = {  # segcls config -> the mmseg checkpoint layout it must load completely
+    "fcn": (
+        ["MODEL.DECODE_HEAD.NUM_CONVS", 2, "MODEL.DECODE_HEAD.CONCAT_INPUT", "True"],
+        lambda: mmseg_fcn_head("decode_head", 2048, 512, 2, True),
+    ),
+    "deeplabv3": (
+        ["MODEL.DECODE_HEAD.NAME", "ASPPHead", "MODEL.DECODE_HEAD.ASPP.MERGE", "concat"],
+        lambda: mmseg_aspp_head("decode_head", 2048, 512, separable=False),
+    ),
+    "deeplabv3plus": (
+        ["MODEL.DECODE_HEAD.NAME", "DeepLabV3PlusHead", "MODEL.DECODE_HEAD.IN_FEATURES", '["res2", "res5"]',
+         "MODEL.DECODE_HEAD.ASPP.SEPARABLE", "True", "MODEL.DECODE_HEAD.ASPP.PROJECT_KERNEL", 3,
+         "MODEL.DECODE_HEAD.ASPP.DROPOUT", 0.0, "MODEL.DECODE_HEAD.DEEPLABV3PLUS.SEPARABLE_LAST_CONV", "True"],
+        lambda: mmseg_aspp_head("decode_head", 2048, 512, separable=True),
+    ),
+}  # fmt: skip
+V1C = ["MODEL.RESNETS.STEM_TYPE", "deeplab", "MODEL.RESNETS.STEM_OUT_CHANNELS", 64, "MODEL.AUX_HEAD.ENABLED", "True"]
+
+
+@pytest.mark.parametrize("name", sorted(MMSEG))
+def test_mmseg_segmentor_layout_maps_every_tensor(tmp_path, name):
+    opts, head = MMSEG[name]
+    shapes = {**mmseg_resnet_v1c("backbone."), **head(), **mmseg_fcn_head("auxiliary_head", 1024, 256, 1, False)}
+    state = random_state(shapes)
+    path = str(tmp_path / f"{name}.pth")
+    torch.save({"meta": {"mmseg_version": "1.2.2", "hook_msgs": {"last_ckpt": "x"}}, "state_dict": state}, path)
+    model = segcls_model(opts + V1C)
+    conversion = convert_state_dict(read_checkpoint(path), model, path)
+    assert conversion.layout == "mmseg" and conversion.unused == []  # every file tensor used once ...
+    assert len({id(t) for t in conversion.tensors.values()}) == len(conversion.tensors)
+    # ... and every model tensor filled (num_batches_tracked included)
+    assert set(conversion.tensors) == set(model.state_dict())
+
+
+def test_mmseg_aspp_concatenation_order_is_permuted():
+    """mmseg concatenates [pool, 1x1, atrous x3]; segcls [1x1, atrous x3, pool]: the converted
+    bottleneck's input block b of segcls is mmseg's block (b + 1) % 5."""
+    opts, head = MMSEG["deeplabv3"]
+    state = random_state({**mmseg_resnet_v1c("backbone."), **head()})
+    model = segcls_model(opts + V1C[:4])
+    w = convert_state_dict(state, model).tensors["decode_head.tail.conv.weight"]
+    src = state["decode_head.bottleneck.conv.weight"]
+    for b in range(5):
+        assert torch.equal(w[:, 512 * b : 512 * (b + 1)], src[:, 512 * ((b + 1) % 5) : 512 * ((b + 1) % 5 + 1)])
+
+
+def test_mmseg_checkpoint_for_another_layout_fails_clearly():
+    opts, head = MMSEG["deeplabv3plus"]
+    state = random_state({**mmseg_resnet_v1c("backbone."), **head()})
+    model = segcls_model(opts[:4] + V1C[:4])  # segcls's own DeepLabV3+ layout, not mmseg's
+    with pytest.raises(ConversionError, match="PROJECT_KERNEL 3"):
+        convert_state_dict(state, model)
+
+
+def test_openmmlab_v1c_backbone_fills_the_deep_stem():
+    """An ImageNet ResNetV1c file (open-mmlab names) maps onto the whole backbone, stem included."""
+    state = random_state({k[len("backbone."):]: s for k, s in mmseg_resnet_v1c("backbone.").items()})
+    state.update(random_state({"fc.weight": (1000, 2048), "fc.bias": (1000,)}))
+    model = segcls_model(V1C[:4])
+    conversion = convert_state_dict(state, model)
+    assert conversion.layout == "openmmlab_resnet" and conversion.unused == ["fc.bias", "fc.weight"]
+    assert torch.equal(conversion.tensors["backbone.stem.conv2.norm.running_var"], state["stem.4.running_var"])
+    assert set(conversion.tensors) == {k for k in model.state_dict() if k.startswith("backbone.")}
+
+
+def test_read_checkpoint_rejects_garbage_and_reads_safetensors(tmp_path):
+    from safetensors.torch import save_file
+
+    garbage = tmp_path / "x.pth"
+    garbage.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(ValueError, match=re.escape(f"not a checkpoint: '{garbage}'")):
+        read_checkpoint(str(garbage))
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    save_file({"a.weight": torch.ones(2)}, str(folder / "model.safetensors"))
+    assert torch.equal(read_checkpoint(str(folder))["a.weight"], torch.ones(2))
