@@ -155,7 +155,7 @@ def mmseg_fcn_head(prefix, cin, ch, num_convs, concat_input):
     return shapes
 
 
-def mmseg_aspp_head(prefix, cin, ch, separable):
+def mmseg_aspp_head(prefix, cin, ch, separable, c1_in=256):
     shapes = conv_module(f"{prefix}.image_pool.1", ch, cin, 1)
     shapes.update(conv_module(f"{prefix}.aspp_modules.0", ch, cin, 1))
     for i in (1, 2, 3):
@@ -166,10 +166,32 @@ def mmseg_aspp_head(prefix, cin, ch, separable):
             shapes.update(conv_module(f"{prefix}.aspp_modules.{i}", ch, cin, 3))
     shapes.update(conv_module(f"{prefix}.bottleneck", ch, 5 * ch, 3))
     if separable:
-        shapes.update(conv_module(f"{prefix}.c1_bottleneck", 48, 256, 1))
+        shapes.update(conv_module(f"{prefix}.c1_bottleneck", 48, c1_in, 1))
         for i, c in enumerate((ch + 48, ch)):
             shapes.update(conv_module(f"{prefix}.sep_bottleneck.{i}.depthwise_conv", c, c, 3, depthwise=True))
             shapes.update(conv_module(f"{prefix}.sep_bottleneck.{i}.pointwise_conv", ch, c, 1))
+    shapes.update({f"{prefix}.conv_seg.weight": (K, ch, 1, 1), f"{prefix}.conv_seg.bias": (K,)})
+    return shapes
+
+
+def mmseg_ppm(prefix, cin, ch, bins=4):
+    shapes = {}
+    for i in range(bins):
+        shapes.update(conv_module(f"{prefix}.psp_modules.{i}.1", ch, cin, 1))
+    shapes.update(conv_module(f"{prefix}.bottleneck", ch, cin + bins * ch, 3))
+    return shapes
+
+
+def mmseg_psp_head(prefix, cin, ch):
+    return {**mmseg_ppm(prefix, cin, ch), f"{prefix}.conv_seg.weight": (K, ch, 1, 1), f"{prefix}.conv_seg.bias": (K,)}
+
+
+def mmseg_uper_head(prefix, in_channels, ch):
+    shapes = mmseg_ppm(prefix, in_channels[-1], ch)
+    for i, c in enumerate(in_channels[:-1]):
+        shapes.update(conv_module(f"{prefix}.lateral_convs.{i}", ch, c, 1))
+        shapes.update(conv_module(f"{prefix}.fpn_convs.{i}", ch, ch, 3))
+    shapes.update(conv_module(f"{prefix}.fpn_bottleneck", ch, len(in_channels) * ch, 3))
     shapes.update({f"{prefix}.conv_seg.weight": (K, ch, 1, 1), f"{prefix}.conv_seg.bias": (K,)})
     return shapes
 
@@ -179,29 +201,41 @@ def random_state(shapes, seed=0):
     return {k: torch.randint(0, 5, s, generator=g) if not s else torch.randn(s, generator=g) for k, s in shapes.items()}
 
 
+# A narrow ResNetV1c-50 (base width 8: res2..res5 have 32..256 channels) and 16-channel heads keep
+# these layout tests fast; the names and the shape rules are those of the full-size models.
+WIDTH, CH = 8, 16
 MMSEG = {  # segcls config -> the mmseg checkpoint layout it must load completely
     "fcn": (
         ["MODEL.DECODE_HEAD.NUM_CONVS", 2, "MODEL.DECODE_HEAD.CONCAT_INPUT", "True"],
-        lambda: mmseg_fcn_head("decode_head", 2048, 512, 2, True),
+        lambda: mmseg_fcn_head("decode_head", 32 * WIDTH, CH, 2, True),
+    ),
+    "pspnet": (["MODEL.DECODE_HEAD.NAME", "PSPHead"], lambda: mmseg_psp_head("decode_head", 32 * WIDTH, CH)),
+    "upernet": (
+        ["MODEL.DECODE_HEAD.NAME", "UPerHead", "MODEL.DECODE_HEAD.IN_FEATURES", '["res2", "res3", "res4", "res5"]',
+         "MODEL.RESNETS.OUTPUT_STRIDE", 32],
+        lambda: mmseg_uper_head("decode_head", [4 * WIDTH, 8 * WIDTH, 16 * WIDTH, 32 * WIDTH], CH),
     ),
     "deeplabv3": (
         ["MODEL.DECODE_HEAD.NAME", "ASPPHead", "MODEL.DECODE_HEAD.ASPP.MERGE", "concat"],
-        lambda: mmseg_aspp_head("decode_head", 2048, 512, separable=False),
+        lambda: mmseg_aspp_head("decode_head", 32 * WIDTH, CH, separable=False),
     ),
     "deeplabv3plus": (
         ["MODEL.DECODE_HEAD.NAME", "DeepLabV3PlusHead", "MODEL.DECODE_HEAD.IN_FEATURES", '["res2", "res5"]',
          "MODEL.DECODE_HEAD.ASPP.SEPARABLE", "True", "MODEL.DECODE_HEAD.ASPP.PROJECT_KERNEL", 3,
          "MODEL.DECODE_HEAD.ASPP.DROPOUT", 0.0, "MODEL.DECODE_HEAD.DEEPLABV3PLUS.SEPARABLE_LAST_CONV", "True"],
-        lambda: mmseg_aspp_head("decode_head", 2048, 512, separable=True),
+        lambda: mmseg_aspp_head("decode_head", 32 * WIDTH, CH, separable=True, c1_in=4 * WIDTH),
     ),
 }  # fmt: skip
-V1C = ["MODEL.RESNETS.STEM_TYPE", "deeplab", "MODEL.RESNETS.STEM_OUT_CHANNELS", 64, "MODEL.AUX_HEAD.ENABLED", "True"]
+V1C = ["MODEL.RESNETS.STEM_TYPE", "deeplab", "MODEL.RESNETS.STEM_OUT_CHANNELS", 64,
+       "MODEL.RESNETS.RES2_OUT_CHANNELS", 4 * WIDTH, "MODEL.RESNETS.WIDTH_PER_GROUP", WIDTH,
+       "MODEL.DECODE_HEAD.CHANNELS", CH, "MODEL.AUX_HEAD.ENABLED", "True", "MODEL.AUX_HEAD.CHANNELS", CH]  # fmt: skip
 
 
 @pytest.mark.parametrize("name", sorted(MMSEG))
 def test_mmseg_segmentor_layout_maps_every_tensor(tmp_path, name):
     opts, head = MMSEG[name]
-    shapes = {**mmseg_resnet_v1c("backbone."), **head(), **mmseg_fcn_head("auxiliary_head", 1024, 256, 1, False)}
+    shapes = {**mmseg_resnet_v1c("backbone.", width=WIDTH), **head(),
+              **mmseg_fcn_head("auxiliary_head", 16 * WIDTH, CH, 1, False)}  # fmt: skip
     state = random_state(shapes)
     path = str(tmp_path / f"{name}.pth")
     torch.save({"meta": {"mmseg_version": "1.2.2", "hook_msgs": {"last_ckpt": "x"}}, "state_dict": state}, path)
@@ -217,27 +251,27 @@ def test_mmseg_aspp_concatenation_order_is_permuted():
     """mmseg concatenates [pool, 1x1, atrous x3]; segcls [1x1, atrous x3, pool]: the converted
     bottleneck's input block b of segcls is mmseg's block (b + 1) % 5."""
     opts, head = MMSEG["deeplabv3"]
-    state = random_state({**mmseg_resnet_v1c("backbone."), **head()})
-    model = segcls_model(opts + V1C[:4])
+    state = random_state({**mmseg_resnet_v1c("backbone.", width=WIDTH), **head()})
+    model = segcls_model(opts + V1C[:10])
     w = convert_state_dict(state, model).tensors["decode_head.tail.conv.weight"]
     src = state["decode_head.bottleneck.conv.weight"]
     for b in range(5):
-        assert torch.equal(w[:, 512 * b : 512 * (b + 1)], src[:, 512 * ((b + 1) % 5) : 512 * ((b + 1) % 5 + 1)])
+        assert torch.equal(w[:, CH * b : CH * (b + 1)], src[:, CH * ((b + 1) % 5) : CH * ((b + 1) % 5 + 1)])
 
 
 def test_mmseg_checkpoint_for_another_layout_fails_clearly():
     opts, head = MMSEG["deeplabv3plus"]
-    state = random_state({**mmseg_resnet_v1c("backbone."), **head()})
-    model = segcls_model(opts[:4] + V1C[:4])  # segcls's own DeepLabV3+ layout, not mmseg's
+    state = random_state({**mmseg_resnet_v1c("backbone.", width=WIDTH), **head()})
+    model = segcls_model(opts[:4] + V1C[:10])  # segcls's own DeepLabV3+ layout, not mmseg's
     with pytest.raises(ConversionError, match="PROJECT_KERNEL 3"):
         convert_state_dict(state, model)
 
 
 def test_openmmlab_v1c_backbone_fills_the_deep_stem():
     """An ImageNet ResNetV1c file (open-mmlab names) maps onto the whole backbone, stem included."""
-    state = random_state({k[len("backbone."):]: s for k, s in mmseg_resnet_v1c("backbone.").items()})
-    state.update(random_state({"fc.weight": (1000, 2048), "fc.bias": (1000,)}))
-    model = segcls_model(V1C[:4])
+    state = random_state({k[len("backbone."):]: s for k, s in mmseg_resnet_v1c("backbone.", width=WIDTH).items()})
+    state.update(random_state({"fc.weight": (1000, 32 * WIDTH), "fc.bias": (1000,)}))
+    model = segcls_model(V1C[:8])
     conversion = convert_state_dict(state, model)
     assert conversion.layout == "openmmlab_resnet" and conversion.unused == ["fc.bias", "fc.weight"]
     assert torch.equal(conversion.tensors["backbone.stem.conv2.norm.running_var"], state["stem.4.running_var"])
@@ -255,3 +289,35 @@ def test_read_checkpoint_rejects_garbage_and_reads_safetensors(tmp_path):
     folder.mkdir()
     save_file({"a.weight": torch.ones(2)}, str(folder / "model.safetensors"))
     assert torch.equal(read_checkpoint(str(folder))["a.weight"], torch.ones(2))
+
+
+# ------------------------------------------------------------------------------------------------
+# tools/convert_pretrained.py
+# ------------------------------------------------------------------------------------------------
+def test_tool_converts_an_mmseg_checkpoint_for_model_weights_and_refuses_a_partial_one(tmp_path, capsys):
+    from detectron2.checkpoint import DetectionCheckpointer
+
+    from helpers import load_script
+
+    tool = load_script("tools/convert_pretrained.py")
+    opts, head = MMSEG["pspnet"]
+    opts = [str(o) for o in opts + V1C + ["MODEL.SEM_SEG_HEAD.NUM_CLASSES", K]]
+    shapes = {**mmseg_resnet_v1c("backbone.", width=WIDTH), **head(),
+              **mmseg_fcn_head("auxiliary_head", 16 * WIDTH, CH, 1, False)}  # fmt: skip
+    state = {k: v.float() for k, v in random_state(shapes).items()}
+    source, output = str(tmp_path / "psp_mmseg.pth"), str(tmp_path / "psp_segcls.pth")
+    torch.save({"meta": {"env_info": "x"}, "state_dict": state}, source)
+    assert tool.main(["--input", source, "--output", output] + opts) == 0
+    assert "tensors mapped (mmseg layout, fills the model)" in capsys.readouterr().out
+    model = build_model(load_config(opts=opts + ["MODEL.DEVICE", "cpu"]))
+    DetectionCheckpointer(model).load(output)
+    assert torch.equal(model.decode_head.tail.conv.weight, state["decode_head.bottleneck.conv.weight"])
+    assert torch.equal(model.aux_classifier.conv.bias, state["auxiliary_head.conv_seg.bias"])
+    # the same file without its stem: refused (exit 1, naming the tensors, no output) unless asked
+    del state["backbone.stem.0.weight"]
+    torch.save({"state_dict": state}, source)
+    partial = str(tmp_path / "partial.pth")
+    assert tool.main(["--input", source, "--output", partial] + opts) == 1
+    assert "unmapped" in capsys.readouterr().err and not (tmp_path / "partial.pth").exists()
+    assert tool.main(["--input", source, "--output", partial, "--allow-partial"] + opts) == 0
+    assert "backbone.stem.conv1.weight" not in torch.load(partial, weights_only=True)["model"]

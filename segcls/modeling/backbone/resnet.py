@@ -25,11 +25,9 @@ Outputs are named ``res2``..``res5``; ``output_shape()`` reports each one's true
 (so a dilated res5 reports stride 8) and channels.
 
 The backbone is a :class:`DilatedResNet`: detectron2's ``ResNet`` (same modules, same parameter
-names) that loads a local torchvision or detectron2-named checkpoint with
+names) that loads a local torchvision, open-mmlab or detectron2-named checkpoint with
 :meth:`DilatedResNet.load_pretrained`.
 """
-import re
-from typing import Dict
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +37,7 @@ from detectron2.modeling.backbone.resnet import BasicStem, BottleneckBlock, ResN
 from detectron2.projects.deeplab.resnet import DeepLabStem
 from fvcore.nn import weight_init
 
+from ...converters.convert import resnet_name
 from .weights import load_checked_state_dict, read_state_dict
 
 # Dilation of (res4, res5) for each supported output stride.
@@ -91,34 +90,20 @@ class DilatedBasicBlock(CNNBlockBase):
         return F.relu_(out + shortcut)
 
 
-def torchvision_to_detectron2_resnet(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    """torchvision ResNet names -> detectron2 ResNet names: conv1/bn1 -> stem.conv1(.norm),
-    layerX.Y.convZ/bnZ -> res{X+1}.Y.convZ(.norm), layerX.Y.downsample.0/1 ->
-    res{X+1}.Y.shortcut(.norm). Other names (fc.*) are kept and end up unused."""
-    converted = {}
-    for name, tensor in state_dict.items():
-        name = re.sub(r"^conv1\.", "stem.conv1.", name)
-        name = re.sub(r"^bn1\.", "stem.conv1.norm.", name)
-        name = re.sub(r"^layer(\d)\.", lambda m: f"res{int(m.group(1)) + 1}.", name)
-        name = re.sub(r"\.bn(\d)\.", r".conv\1.norm.", name)
-        name = name.replace(".downsample.0.", ".shortcut.").replace(".downsample.1.", ".shortcut.norm.")
-        converted[name] = tensor
-    return converted
-
-
 class DilatedResNet(ResNet):
     """detectron2's :class:`ResNet` (modules and parameter names unchanged) with its own loader of
     pretrained weights."""
 
     def load_pretrained(self, path: str, key: str = "weights"):
         """Load the local checkpoint ``path`` (see :func:`read_state_dict`; ``key`` names the option
-        that gave it, for the errors): torchvision ResNet names are mapped to detectron2's
-        (:func:`torchvision_to_detectron2_resnet`), detectron2 names are loaded as they are; the
-        classifier (fc.*) is skipped; shapes are checked (:func:`load_checked_state_dict`)."""
+        that gave it, for the errors): torchvision and open-mmlab (ResNetV1c stem ``stem.0..7``)
+        ResNet names are mapped to detectron2's (:func:`segcls.converters.resnet_name`),
+        detectron2 names are loaded as they are; the classifier (fc.*) is skipped; shapes are
+        checked (:func:`load_checked_state_dict`). Returns the keys left unloaded."""
         state_dict = read_state_dict(path, key)
         if "layer1.0.conv1.weight" in state_dict:
-            state_dict = torchvision_to_detectron2_resnet(state_dict)
-        load_checked_state_dict(self, state_dict, path, "detectron2 ResNet", skipped=("fc.weight", "fc.bias"))
+            state_dict = {resnet_name(k) or k: v for k, v in state_dict.items()}
+        return load_checked_state_dict(self, state_dict, path, "detectron2 ResNet", skipped=("fc.weight", "fc.bias"))
 
 
 def _block_dilations(dilation, num_blocks, multi_grid, contract):

@@ -346,7 +346,8 @@ class TimmBackbone(Backbone):
         ``hidden_states_norms.stage<i+1>.*`` (HF) tensors; a file without any (an ImageNet
         classification checkpoint) leaves them at their init (weight 1, bias 0), as training from
         ImageNet weights does in mmsegmentation; a file with only some of them is an error.
-        Without ``OUT_NORM`` they are reported as unused.
+        Without ``OUT_NORM`` they are reported as unused. Returns the trunk's keys (``model.*``)
+        the file left unloaded.
         """
         model_name, kwargs = self._create_args
         state_dict = read_state_dict(path, key)
@@ -373,7 +374,8 @@ class TimmBackbone(Backbone):
                 ) from e
         outside = {k for k in state_dict if k in full_keys and k not in to_features}
         state_dict = {to_features.get(k, k): v for k, v in state_dict.items()}
-        load_checked_state_dict(self.model, state_dict, path, f"timm {model_name} (features_only)", skipped=outside)
+        missing = load_checked_state_dict(self.model, state_dict, path, f"timm {model_name} (features_only)", skipped=outside)
+        return ["model." + k for k in missing]
 
 
     def _load_out_norms(self, state_dict: Dict[str, torch.Tensor], path: str):
