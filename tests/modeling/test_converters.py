@@ -17,35 +17,13 @@ from detectron2.modeling import build_model
 from segcls.converters import ConversionError, convert_state_dict, read_checkpoint
 from segcls.engine.defaults import load_config
 from segcls.modeling.layers import resize
+from helpers import float64_segmentor, randomize
 
 K = 5
 
 
-def randomize(module, seed=0):
-    """Every parameter and BN statistic random, in place (He-scaled conv weights, BN scales around
-    1, positive variances, so that activations neither vanish nor explode); returns module."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, t in module.state_dict().items():
-            if not t.dtype.is_floating_point:
-                continue
-            r = torch.randn(t.shape, generator=g, dtype=t.dtype)
-            if "running_var" in name:
-                r = torch.rand(t.shape, generator=g, dtype=t.dtype) * 0.5 + 0.75
-            elif t.dim() > 1:
-                r = r * (2.0 / t[0].numel()) ** 0.5
-            elif name.endswith("weight"):
-                r = 1 + 0.2 * r
-            else:
-                r = 0.1 * r
-            t.copy_(r)
-    return module
-
-
 def segcls_model(opts):
-    base = ["MODEL.DEVICE", "cpu", "MODEL.SEM_SEG_HEAD.NUM_CLASSES", K, "MODEL.PIXEL_MEAN", "[0.0, 0.0, 0.0]",
-            "MODEL.PIXEL_STD", "[1.0, 1.0, 1.0]"]  # fmt: skip
-    return build_model(load_config(opts=base + list(opts))).double().eval()
+    return float64_segmentor(opts, K)
 
 
 def segcls_logits(model, x):
