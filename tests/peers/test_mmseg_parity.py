@@ -107,3 +107,16 @@ def test_dice_mmseg_variant_equals_mmseg_dice(mmseg, activation):
     got = DiceLoss(variant="mmseg", activation=activation)(logits, targets)
     # mmseg casts the one-hot target to float32, so its sum of squares + eps is rounded to float32
     torch.testing.assert_close(got, expected, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("out_norm, delta", [(True, 0), (False, -2 * (96 + 192 + 384 + 768))])
+def test_swin_t_parameter_count_equals_mmseg_with_out_norm(mmseg, out_norm, delta):
+    from detectron2.modeling import build_backbone
+    from mmseg.models.backbones import SwinTransformer
+
+    from segcls.engine.defaults import load_config
+
+    peer = SwinTransformer(embed_dims=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), window_size=7)
+    cfg = load_config("configs/ade20k/cac_upernet_swin_t.yaml", ["MODEL.TIMM.OUT_NORM", out_norm, "MODEL.DEVICE", "cpu"])
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(build_backbone(cfg)) == count(peer) + delta  # mmseg: 27,520,698
