@@ -8,7 +8,7 @@ Source layouts (:func:`detect_layout`):
   ``deeplabv3_resnet50/101`` (``backbone.layerX``, ``classifier.*``, ``aux_classifier.*``);
 - ``"mmseg"``: an mmsegmentation 1.x segmentor (``backbone.*``, ``decode_head.conv_seg``,
   ``auxiliary_head.*``) with a ResNetV1c backbone and an FCN, PSP, ASPP (DeepLabV3),
-  depthwise-separable ASPP (DeepLabV3+) or UPerNet head;
+  depthwise-separable ASPP (DeepLabV3+), UPerNet, Non-local or CCNet head;
 - ``"torchvision_resnet"`` / ``"openmmlab_resnet"``: ImageNet ResNet backbones (torchvision's
   ``conv1``/``layerX`` names; open-mmlab's ResNetV1c with the 3-conv stem ``stem.0..7``);
 - ``"segcls"``: names that already are segcls's (e.g. a segcls or detectron2 checkpoint).
@@ -20,7 +20,8 @@ another shape, is an error naming them unless ``allow_partial``.
 
 Known layout differences handled here: mmseg's ASPP concatenates [image pool, 1x1, atrous...],
 segcls [1x1, atrous..., image pool] (the fusing conv's input-channel blocks are permuted);
-mmseg's ConvModule ``X.conv`` / ``X.bn`` are segcls's ``Y`` / ``Y.norm``.
+mmseg's ConvModule ``X.conv`` / ``X.bn`` are segcls's ``Y`` / ``Y.norm``; mmcv's ``Scale`` gammas
+are 0-d, segcls's (1,).
 """
 import logging
 import re
@@ -264,10 +265,25 @@ def _mmseg_head(mapping: _Mapping, head_module, src: str, dst: str):
         mapping.conv_module(f"{dst}.low_project", f"{src}.c1_bottleneck")
         mapping.separable(f"{dst}.convs.0", f"{src}.sep_bottleneck.0")
         mapping.separable(f"{dst}.tail.conv", f"{src}.sep_bottleneck.1")
+    elif kind in ("NonLocalHead", "CCHead"):  # mmseg's NLHead / CCHead: FCN convs around the block
+        mapping.conv_module(f"{dst}.conv_in", f"{src}.convs.0")
+        if kind == "NonLocalHead":
+            for part in ("theta", "phi", "g"):
+                mapping.linear(f"{dst}.block.{part}", f"{src}.nl_block.{part}.conv")
+            mapping.conv_module(f"{dst}.block.out", f"{src}.nl_block.conv_out")
+        else:
+            for part in ("query", "key", "value"):
+                mapping.linear(f"{dst}.block.{part}", f"{src}.cca.{part}_conv")
+            mapping.take(f"{dst}.block.gamma", f"{src}.cca.gamma.scale", lambda t: t.reshape(1))  # mmcv Scale: ()
+        if f"{src}.conv_cat.conv.weight" in mapping.source:  # concat_input (mmseg's default)
+            mapping.conv_module(f"{dst}.conv_out", f"{src}.convs.1")
+            mapping.conv_module(f"{dst}.tail.conv", f"{src}.conv_cat")
+        else:
+            mapping.conv_module(f"{dst}.tail.conv", f"{src}.convs.1")
     else:
         raise ConversionError(
             f"no mmsegmentation converter for segcls's {kind} yet (supported: FCNHead, PSPHead, UPerHead, "
-            "ASPPHead, DeepLabV3PlusHead)"
+            "ASPPHead, DeepLabV3PlusHead, NonLocalHead, CCHead)"
         )
 
 

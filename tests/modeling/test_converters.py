@@ -174,6 +174,24 @@ def mmseg_uper_head(prefix, in_channels, ch):
     return shapes
 
 
+def mmseg_attention_fcn_head(prefix, cin, ch, kind):
+    """mmseg's NLHead (nl_block: mmcv NonLocal2d, reduction 2) or CCHead (cca: mmcv
+    CrissCrossAttention, a 0-d Scale gamma), both with concat_input."""
+    shapes = {**conv_module(f"{prefix}.convs.0", ch, cin, 3), **conv_module(f"{prefix}.convs.1", ch, ch, 3),
+              **conv_module(f"{prefix}.conv_cat", ch, cin + ch, 3)}  # fmt: skip
+    if kind == "nonlocal":
+        for part in ("g", "theta", "phi"):
+            shapes[f"{prefix}.nl_block.{part}.conv.weight"] = (ch // 2, ch, 1, 1)
+            shapes[f"{prefix}.nl_block.{part}.conv.bias"] = (ch // 2,)
+        shapes.update(conv_module(f"{prefix}.nl_block.conv_out", ch, ch // 2, 1))
+    else:
+        for part, c in (("query", ch // 8), ("key", ch // 8), ("value", ch)):
+            shapes.update({f"{prefix}.cca.{part}_conv.weight": (c, ch, 1, 1), f"{prefix}.cca.{part}_conv.bias": (c,)})
+        shapes[f"{prefix}.cca.gamma.scale"] = ()
+    shapes.update({f"{prefix}.conv_seg.weight": (K, ch, 1, 1), f"{prefix}.conv_seg.bias": (K,)})
+    return shapes
+
+
 def random_state(shapes, seed=0):
     g = torch.Generator().manual_seed(seed)
     return {k: torch.randint(0, 5, s, generator=g) if not s else torch.randn(s, generator=g) for k, s in shapes.items()}
@@ -188,6 +206,10 @@ MMSEG = {  # segcls config -> the mmseg checkpoint layout it must load completel
         lambda: mmseg_fcn_head("decode_head", 32 * WIDTH, CH, 2, True),
     ),
     "pspnet": (["MODEL.DECODE_HEAD.NAME", "PSPHead"], lambda: mmseg_psp_head("decode_head", 32 * WIDTH, CH)),
+    "nonlocal": (["MODEL.DECODE_HEAD.NAME", "NonLocalHead", "MODEL.DECODE_HEAD.CONCAT_INPUT", "True"],
+                 lambda: mmseg_attention_fcn_head("decode_head", 32 * WIDTH, CH, "nonlocal")),
+    "ccnet": (["MODEL.DECODE_HEAD.NAME", "CCHead", "MODEL.DECODE_HEAD.CONCAT_INPUT", "True"],
+              lambda: mmseg_attention_fcn_head("decode_head", 32 * WIDTH, CH, "ccnet")),
     "upernet": (
         ["MODEL.DECODE_HEAD.NAME", "UPerHead", "MODEL.DECODE_HEAD.IN_FEATURES", '["res2", "res3", "res4", "res5"]',
          "MODEL.RESNETS.OUTPUT_STRIDE", 32],
