@@ -9,6 +9,10 @@ Source layouts (:func:`detect_layout`):
 - ``"mmseg"``: an mmsegmentation 1.x segmentor (``backbone.*``, ``decode_head.conv_seg``,
   ``auxiliary_head.*``) with a ResNetV1c backbone and an FCN, PSP, ASPP (DeepLabV3),
   depthwise-separable ASPP (DeepLabV3+), UPerNet, Non-local or CCNet head;
+- ``"hf_upernet"``: HF ``UperNetForSemanticSegmentation`` with a ConvNeXt backbone
+  (``backbone.embeddings``, ``backbone.encoder.stages``, ``backbone.hidden_states_norms``; target:
+  ``build_timm_backbone`` with the same ConvNeXt, ``MODEL.TIMM.OUT_NORM``, ``UPerHead`` and an
+  FCN auxiliary head on res4);
 - ``"torchvision_resnet"`` / ``"openmmlab_resnet"``: ImageNet ResNet backbones (torchvision's
   ``conv1``/``layerX`` names; open-mmlab's ResNetV1c with the 3-conv stem ``stem.0..7``);
 - ``"segcls"``: names that already are segcls's (e.g. a segcls or detectron2 checkpoint).
@@ -33,7 +37,7 @@ import torch
 logger = logging.getLogger(__name__)
 
 _BN = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
-LAYOUTS = ("torchvision_segmentation", "mmseg", "torchvision_resnet", "openmmlab_resnet", "segcls")
+LAYOUTS = ("torchvision_segmentation", "mmseg", "hf_upernet", "torchvision_resnet", "openmmlab_resnet", "segcls")
 
 
 class ConversionError(ValueError):
@@ -76,9 +80,10 @@ class _Mapping:
         for s in _BN:
             self.take(f"{dst}.norm.{s}", f"{src_bn}.{s}")
 
-    def conv_module(self, dst: str, src: str, transform: Optional[Callable] = None):
-        """mmcv's ``ConvModule`` (``src.conv``, ``src.bn``) -> segcls ``conv_norm_act`` ``dst``."""
-        self.conv_bn(dst, src + ".conv", src + ".bn", transform)
+    def conv_module(self, dst: str, src: str, transform: Optional[Callable] = None, bn: str = "bn"):
+        """mmcv's ``ConvModule`` (``src.conv``, ``src.bn``; HF's ``UperNetConvModule``: ``bn`` =
+        "batch_norm") -> segcls ``conv_norm_act`` ``dst``."""
+        self.conv_bn(dst, src + ".conv", f"{src}.{bn}", transform)
 
     def separable(self, dst: str, src: str):
         """mmcv's ``DepthwiseSeparableConvModule`` -> segcls ``separable_conv_norm_act``."""
@@ -99,6 +104,8 @@ def detect_layout(state: Dict[str, torch.Tensor], target_keys) -> str:
     keys = set(state)
     if "decode_head.conv_seg.weight" in keys:
         return "mmseg"
+    if "decode_head.classifier.weight" in keys and "decode_head.fpn_bottleneck.conv.weight" in keys:
+        return "hf_upernet"
     if any(k.startswith("backbone.layer1.") for k in keys) and any(k.startswith("classifier.") for k in keys):
         return "torchvision_segmentation"
     stripped = {_strip(k) for k in keys}
@@ -200,11 +207,21 @@ def _aspp_order(num_branches: int):
     return permute
 
 
-def _mmseg_ppm(mapping: _Mapping, src: str, dst: str):
+def _mmseg_ppm(mapping: _Mapping, src: str, dst: str, bn: str = "bn"):
     i = 0
     while f"{src}.{i}.1.conv.weight" in mapping.source:
-        mapping.conv_module(f"{dst}.branches.{i}", f"{src}.{i}.1")
+        mapping.conv_module(f"{dst}.branches.{i}", f"{src}.{i}.1", bn=bn)
         i += 1
+
+
+def _uper_head(mapping: _Mapping, head_module, src: str, dst: str, bn: str = "bn"):
+    """mmseg's / HF's ``UPerHead`` (same names but the norm's) -> segcls ``UPerHead``."""
+    _mmseg_ppm(mapping, f"{src}.psp_modules", f"{dst}.ppm", bn)
+    mapping.conv_module(f"{dst}.ppm_bottleneck", f"{src}.bottleneck", bn=bn)
+    for i in range(len(head_module.laterals)):
+        mapping.conv_module(f"{dst}.laterals.{i}", f"{src}.lateral_convs.{i}", bn=bn)
+        mapping.conv_module(f"{dst}.fpn_convs.{i}", f"{src}.fpn_convs.{i}", bn=bn)
+    mapping.conv_module(f"{dst}.tail.conv", f"{src}.fpn_bottleneck", bn=bn)
 
 
 def _mmseg_aspp_branches(mapping: _Mapping, src: str, dst: str, separable: bool) -> int:
@@ -238,12 +255,7 @@ def _mmseg_head(mapping: _Mapping, head_module, src: str, dst: str):
         _mmseg_ppm(mapping, f"{src}.psp_modules", f"{dst}.ppm")
         mapping.conv_module(f"{dst}.tail.conv", f"{src}.bottleneck")
     elif kind == "UPerHead":
-        _mmseg_ppm(mapping, f"{src}.psp_modules", f"{dst}.ppm")
-        mapping.conv_module(f"{dst}.ppm_bottleneck", f"{src}.bottleneck")
-        for i in range(len(head_module.laterals)):
-            mapping.conv_module(f"{dst}.laterals.{i}", f"{src}.lateral_convs.{i}")
-            mapping.conv_module(f"{dst}.fpn_convs.{i}", f"{src}.fpn_convs.{i}")
-        mapping.conv_module(f"{dst}.tail.conv", f"{src}.fpn_bottleneck")
+        _uper_head(mapping, head_module, src, dst)
     elif kind == "ASPPHead":
         if head_module.aspp.merge != "concat":
             raise ConversionError(
@@ -296,6 +308,57 @@ def _convert_mmseg(mapping: _Mapping, model):
         mapping.linear("aux_classifier.conv", "auxiliary_head.conv_seg")
 
 
+# ------------------------------------------------------------------------------------------------
+# HF UperNet (ConvNeXt backbone)
+# ------------------------------------------------------------------------------------------------
+_HF_CONVNEXT = [
+    (r"embeddings\.patch_embeddings\.", "stem.0."),
+    (r"embeddings\.layernorm\.", "stem.1."),
+    (r"encoder\.stages\.(\d+)\.downsampling_layer\.", r"stages.\1.downsample."),
+    (r"encoder\.stages\.(\d+)\.layers\.(\d+)\.layer_scale_parameter$", r"stages.\1.blocks.\2.gamma"),
+    (r"encoder\.stages\.(\d+)\.layers\.(\d+)\.dwconv\.", r"stages.\1.blocks.\2.conv_dw."),
+    (r"encoder\.stages\.(\d+)\.layers\.(\d+)\.layernorm\.", r"stages.\1.blocks.\2.norm."),
+    (r"encoder\.stages\.(\d+)\.layers\.(\d+)\.pwconv1\.", r"stages.\1.blocks.\2.mlp.fc1."),
+    (r"encoder\.stages\.(\d+)\.layers\.(\d+)\.pwconv2\.", r"stages.\1.blocks.\2.mlp.fc2."),
+]  # HF ConvNextModel name -> timm ConvNeXt name
+
+
+def _convert_hf_upernet(mapping: _Mapping, model):
+    backbone = model.backbone
+    if not hasattr(backbone, "full_to_features_names") or getattr(backbone, "out_norms", None) is None:
+        raise ConversionError(
+            "HF UperNet's ConvNeXt backbone needs build_timm_backbone with the same ConvNeXt (MODEL.TIMM.NAME) "
+            "and MODEL.TIMM.OUT_NORM True (its hidden_states_norms)"
+        )
+    to_features = backbone.full_to_features_names()
+    shapes = {k: v.shape for k, v in backbone.state_dict().items()}
+    levels = sorted(backbone.out_norms.keys())
+    for src in list(mapping.source):
+        if not src.startswith("backbone."):
+            continue
+        name = src[len("backbone."):]
+        m = re.fullmatch(r"hidden_states_norms\.stage(\d)\.(weight|bias)", name)
+        if m:
+            mapping.take(f"backbone.out_norms.{levels[int(m.group(1)) - 1]}.{m.group(2)}", src)
+            continue
+        for pattern, replacement in _HF_CONVNEXT:
+            timm_name, n = re.subn(pattern, replacement, name)
+            if n and timm_name in to_features:
+                # HF's pointwise Linear (C_out, C_in) is timm's 1x1 conv (C_out, C_in, 1, 1) with conv_mlp
+                shape = shapes["model." + to_features[timm_name]]
+                reshape = lambda t, shape=shape: t.reshape(shape) if t.numel() == shape.numel() else t  # noqa: E731
+                mapping.take("backbone.model." + to_features[timm_name], src, reshape)
+                break
+    _uper_head(mapping, model.decode_head, "decode_head", "decode_head", bn="batch_norm")
+    mapping.linear("classifier.conv", "decode_head.classifier")
+    if getattr(model, "aux_head", None) is not None and "auxiliary_head.classifier.weight" in mapping.source:
+        num_convs = sum(1 for k in mapping.source if re.fullmatch(r"auxiliary_head\.convs\.\d+\.conv\.weight", k))
+        for i in range(num_convs - 1):
+            mapping.conv_module(f"aux_head.convs.{i}", f"auxiliary_head.convs.{i}", bn="batch_norm")
+        mapping.conv_module("aux_head.tail.conv", f"auxiliary_head.convs.{num_convs - 1}", bn="batch_norm")
+        mapping.linear("aux_classifier.conv", "auxiliary_head.classifier")
+
+
 def _convert_backbone(mapping: _Mapping, model):
     prefix = next((p for p in ("backbone.", "module.", "") if any(k.startswith(p + "layer1.") for k in mapping.source)))
     _map_resnet(mapping, prefix, "backbone.")
@@ -309,6 +372,7 @@ def _convert_segcls(mapping: _Mapping, model):
 _CONVERTERS = {
     "torchvision_segmentation": (_convert_torchvision_segmentation, "model"),
     "mmseg": (_convert_mmseg, "model"),
+    "hf_upernet": (_convert_hf_upernet, "model"),
     "torchvision_resnet": (_convert_backbone, "backbone"),
     "openmmlab_resnet": (_convert_backbone, "backbone"),
     "segcls": (_convert_segcls, "model"),

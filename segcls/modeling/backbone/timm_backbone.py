@@ -349,19 +349,13 @@ class TimmBackbone(Backbone):
         Without ``OUT_NORM`` they are reported as unused. Returns the trunk's keys (``model.*``)
         the file left unloaded.
         """
-        model_name, kwargs = self._create_args
+        model_name, _ = self._create_args
         state_dict = read_state_dict(path, key)
         self._load_out_norms(state_dict, path)
-        with torch.device("meta"):
-            full = timm.create_model(model_name, **{k: v for k, v in kwargs.items() if k != "feature_location"})
+        full = self._full_model()
         full_keys = set(full.state_dict())
-        # features_only name -> full-model name (FeatureListNet flattens "stages.0" to "stages_0").
-        to_full = {}
-        for key in self.model.state_dict():
-            head, _, rest = key.partition(".")
-            candidate = key if key in full_keys else ".".join(head.rsplit("_", 1)) + "." + rest
-            to_full[key] = candidate
-        to_features = {v: k for k, v in to_full.items()}
+        to_features = self.full_to_features_names()
+        to_full = {v: k for k, v in to_features.items()}
         state_dict = {to_full.get(k, k): v for k, v in state_dict.items()}
         filter_fn = getattr(sys.modules[type(full).__module__], "checkpoint_filter_fn", None)
         if filter_fn is not None:  # converts official releases (Swin, ConvNeXt, ...) to timm's names
@@ -377,6 +371,22 @@ class TimmBackbone(Backbone):
         missing = load_checked_state_dict(self.model, state_dict, path, f"timm {model_name} (features_only)", skipped=outside)
         return ["model." + k for k in missing]
 
+
+    def _full_model(self):
+        """The full (classification) timm model of this backbone, on the meta device."""
+        model_name, kwargs = self._create_args
+        with torch.device("meta"):
+            return timm.create_model(model_name, **{k: v for k, v in kwargs.items() if k != "feature_location"})
+
+    def full_to_features_names(self) -> Dict[str, str]:
+        """{full timm model name: ``self.model`` (features_only) name} of every trunk tensor
+        (FeatureListNet flattens "stages.0" to "stages_0")."""
+        full_keys = set(self._full_model().state_dict())
+        mapping = {}
+        for key in self.model.state_dict():
+            head, _, rest = key.partition(".")
+            mapping[key if key in full_keys else ".".join(head.rsplit("_", 1)) + "." + rest] = key
+        return mapping
 
     def _load_out_norms(self, state_dict: Dict[str, torch.Tensor], path: str):
         """Move the output-norm tensors of a segmentation-backbone file out of ``state_dict``
