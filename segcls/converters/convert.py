@@ -8,7 +8,7 @@ Source layouts (:func:`detect_layout`):
   ``deeplabv3_resnet50/101`` (``backbone.layerX``, ``classifier.*``, ``aux_classifier.*``);
 - ``"mmseg"``: an mmsegmentation 1.x segmentor (``backbone.*``, ``decode_head.conv_seg``,
   ``auxiliary_head.*``) with a ResNetV1c backbone and an FCN, PSP, ASPP (DeepLabV3),
-  depthwise-separable ASPP (DeepLabV3+), UPerNet, Non-local or CCNet head;
+  depthwise-separable ASPP (DeepLabV3+), UPerNet, Non-local, CCNet or DANet head;
 - ``"hf_upernet"``: HF ``UperNetForSemanticSegmentation`` with a ConvNeXt backbone
   (``backbone.embeddings``, ``backbone.encoder.stages``, ``backbone.hidden_states_norms``; target:
   ``build_timm_backbone`` with the same ConvNeXt, ``MODEL.TIMM.OUT_NORM``, ``UPerHead`` and an
@@ -238,6 +238,11 @@ def _mmseg_aspp_branches(mapping: _Mapping, src: str, dst: str, separable: bool)
     return i + 1
 
 
+def _scalar(t: torch.Tensor) -> torch.Tensor:
+    """mmcv's ``Scale`` parameter (0-d) -> segcls's (1,) gamma."""
+    return t.reshape(1)
+
+
 def _mmseg_head(mapping: _Mapping, head_module, src: str, dst: str):
     """One mmseg decode/auxiliary head ``src`` -> the segcls head ``dst`` (of class ``head_module``)."""
     kind = type(head_module).__name__
@@ -286,16 +291,24 @@ def _mmseg_head(mapping: _Mapping, head_module, src: str, dst: str):
         else:
             for part in ("query", "key", "value"):
                 mapping.linear(f"{dst}.block.{part}", f"{src}.cca.{part}_conv")
-            mapping.take(f"{dst}.block.gamma", f"{src}.cca.gamma.scale", lambda t: t.reshape(1))  # mmcv Scale: ()
+            mapping.take(f"{dst}.block.gamma", f"{src}.cca.gamma.scale", _scalar)
         if f"{src}.conv_cat.conv.weight" in mapping.source:  # concat_input (mmseg's default)
             mapping.conv_module(f"{dst}.conv_out", f"{src}.convs.1")
             mapping.conv_module(f"{dst}.tail.conv", f"{src}.conv_cat")
         else:
             mapping.conv_module(f"{dst}.tail.conv", f"{src}.convs.1")
+    elif kind == "DAHead":  # the main classifier (conv_seg, on the sum) is mapped by the caller
+        for branch in ("pam", "cam"):
+            mapping.conv_module(f"{dst}.{branch}_in", f"{src}.{branch}_in_conv")
+            mapping.take(f"{dst}.{branch}.gamma", f"{src}.{branch}.gamma.scale", _scalar)
+            mapping.conv_module(f"{dst}.tail_{branch}.conv", f"{src}.{branch}_out_conv")
+            mapping.linear(f"{dst}.classifier_{branch}.conv", f"{src}.{branch}_conv_seg")
+        for part in ("query", "key", "value"):
+            mapping.linear(f"{dst}.pam.{part}", f"{src}.pam.{part}_project")
     else:
         raise ConversionError(
             f"no mmsegmentation converter for segcls's {kind} yet (supported: FCNHead, PSPHead, UPerHead, "
-            "ASPPHead, DeepLabV3PlusHead, NonLocalHead, CCHead)"
+            "ASPPHead, DeepLabV3PlusHead, NonLocalHead, CCHead, DAHead)"
         )
 
 

@@ -192,6 +192,21 @@ def mmseg_attention_fcn_head(prefix, cin, ch, kind):
     return shapes
 
 
+def mmseg_da_head(prefix, cin, ch):
+    """mmseg's DAHead: PAM (plain 1x1 query/key/value projects, 0-d Scale gamma) and CAM branches,
+    each with its conv_seg, plus conv_seg on their sum."""
+    shapes = {}
+    for branch in ("pam", "cam"):
+        shapes.update(conv_module(f"{prefix}.{branch}_in_conv", ch, cin, 3))
+        shapes.update(conv_module(f"{prefix}.{branch}_out_conv", ch, ch, 3))
+        shapes.update({f"{prefix}.{branch}_conv_seg.weight": (K, ch, 1, 1), f"{prefix}.{branch}_conv_seg.bias": (K,)})
+        shapes[f"{prefix}.{branch}.gamma.scale"] = ()
+    for part, c in (("query", ch // 8), ("key", ch // 8), ("value", ch)):
+        shapes.update({f"{prefix}.pam.{part}_project.weight": (c, ch, 1, 1), f"{prefix}.pam.{part}_project.bias": (c,)})
+    shapes.update({f"{prefix}.conv_seg.weight": (K, ch, 1, 1), f"{prefix}.conv_seg.bias": (K,)})
+    return shapes
+
+
 def random_state(shapes, seed=0):
     g = torch.Generator().manual_seed(seed)
     return {k: torch.randint(0, 5, s, generator=g) if not s else torch.randn(s, generator=g) for k, s in shapes.items()}
@@ -210,6 +225,7 @@ MMSEG = {  # segcls config -> the mmseg checkpoint layout it must load completel
                  lambda: mmseg_attention_fcn_head("decode_head", 32 * WIDTH, CH, "nonlocal")),
     "ccnet": (["MODEL.DECODE_HEAD.NAME", "CCHead", "MODEL.DECODE_HEAD.CONCAT_INPUT", "True"],
               lambda: mmseg_attention_fcn_head("decode_head", 32 * WIDTH, CH, "ccnet")),
+    "danet": (["MODEL.DECODE_HEAD.NAME", "DAHead"], lambda: mmseg_da_head("decode_head", 32 * WIDTH, CH)),
     "upernet": (
         ["MODEL.DECODE_HEAD.NAME", "UPerHead", "MODEL.DECODE_HEAD.IN_FEATURES", '["res2", "res3", "res4", "res5"]',
          "MODEL.RESNETS.OUTPUT_STRIDE", 32],

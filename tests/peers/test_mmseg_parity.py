@@ -41,6 +41,9 @@ CASES = {  # name: (segcls overrides, mmseg head factory (module, in_index), out
                  lambda h: h.NLHead(in_channels=C[3], in_index=3, channels=CH, num_classes=K, norm_cfg=BN), 8),
     "ccnet": (["MODEL.DECODE_HEAD.NAME", "CCHead", "MODEL.DECODE_HEAD.CONCAT_INPUT", "True"],
               lambda h: h.CCHead(in_channels=C[3], in_index=3, channels=CH, recurrence=2, num_classes=K, norm_cfg=BN), 8),
+    "danet": (["MODEL.DECODE_HEAD.NAME", "DAHead"],
+              lambda h: h.DAHead(in_channels=C[3], in_index=3, channels=CH, pam_channels=CH // 8, num_classes=K,
+                                 norm_cfg=BN), 8),
     "upernet": (["MODEL.DECODE_HEAD.NAME", "UPerHead", "MODEL.DECODE_HEAD.IN_FEATURES", '["res2", "res3", "res4", "res5"]',
                  "MODEL.RESNETS.OUTPUT_STRIDE", 32],
                 lambda h: h.UPerHead(in_channels=C, in_index=(0, 1, 2, 3), channels=CH, pool_scales=(1, 2, 3, 6),
@@ -74,7 +77,9 @@ def test_mmseg_segmentor_equals_segcls_after_conversion(mmseg, name):
     x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
     with torch.no_grad():
         feats = peer.backbone(x)
-        expected = F.interpolate(peer.decode_head(feats), size=x.shape[-2:], mode="bilinear", align_corners=False)
+        expected = peer.decode_head(feats)
+        expected = expected[0] if isinstance(expected, tuple) else expected  # DANet: (pam_cam, pam, cam)
+        expected = F.interpolate(expected, size=x.shape[-2:], mode="bilinear", align_corners=False)
         expected_aux = peer.auxiliary_head(feats)
         got = torch.stack([model([{"image": img}])[0]["sem_seg"] for img in x])
         got_aux = model.aux_classifier(model.aux_head(model.backbone(x)).pixel_feature).logits
