@@ -8,7 +8,8 @@ Source layouts (:func:`detect_layout`):
   ``deeplabv3_resnet50/101`` (``backbone.layerX``, ``classifier.*``, ``aux_classifier.*``);
 - ``"mmseg"``: an mmsegmentation 1.x segmentor (``backbone.*``, ``decode_head.conv_seg``,
   ``auxiliary_head.*``) with a ResNetV1c backbone and an FCN, PSP, ASPP (DeepLabV3),
-  depthwise-separable ASPP (DeepLabV3+), UPerNet, Non-local, CCNet or DANet head;
+  depthwise-separable ASPP (DeepLabV3+), UPerNet, Non-local, CCNet or DANet head, or OCRNet's
+  cascade (``decode_head.0`` FCN, ``decode_head.1`` OCR);
 - ``"hf_upernet"``: HF ``UperNetForSemanticSegmentation`` with a ConvNeXt backbone
   (``backbone.embeddings``, ``backbone.encoder.stages``, ``backbone.hidden_states_norms``; target:
   ``build_timm_backbone`` with the same ConvNeXt, ``MODEL.TIMM.OUT_NORM``, ``UPerHead`` and an
@@ -102,7 +103,7 @@ class _Mapping:
 def detect_layout(state: Dict[str, torch.Tensor], target_keys) -> str:
     """The source layout of ``state`` (one of :data:`LAYOUTS`), from its names."""
     keys = set(state)
-    if "decode_head.conv_seg.weight" in keys:
+    if "decode_head.conv_seg.weight" in keys or "decode_head.1.conv_seg.weight" in keys:  # (cascade: OCRNet)
         return "mmseg"
     if "decode_head.classifier.weight" in keys and "decode_head.fpn_bottleneck.conv.weight" in keys:
         return "hf_upernet"
@@ -312,10 +313,31 @@ def _mmseg_head(mapping: _Mapping, head_module, src: str, dst: str):
         )
 
 
+def _mmseg_ocr_cascade(mapping: _Mapping, src: str, dst: str):
+    """mmseg's OCRNet (CascadeEncoderDecoder): ``src.0`` the coarse FCNHead (num_convs 1), ``src.1``
+    the OCRHead -> segcls's one OCRHead (coarse_conv/coarse_classifier, conv_in, object_context,
+    tail = mmseg's ObjectAttentionBlock bottleneck on [context, pixels]); query = pixels (phi),
+    key / value = object regions (psi / delta), out_project = rho."""
+    mapping.conv_module(f"{dst}.coarse_conv", f"{src}.0.convs.0")
+    mapping.linear(f"{dst}.coarse_classifier.conv", f"{src}.0.conv_seg")
+    ocr, block = f"{src}.1", f"{src}.1.object_context_block"
+    mapping.conv_module(f"{dst}.conv_in", f"{ocr}.bottleneck")
+    for segcls_name, mmseg_name in (("phi", "query_project"), ("psi", "key_project")):
+        for i in (0, 1):
+            mapping.conv_module(f"{dst}.object_context.{segcls_name}.{i}", f"{block}.{mmseg_name}.{i}")
+    mapping.conv_module(f"{dst}.object_context.delta", f"{block}.value_project")
+    mapping.conv_module(f"{dst}.object_context.rho", f"{block}.out_project")
+    mapping.conv_module(f"{dst}.tail.conv", f"{block}.bottleneck")
+
+
 def _convert_mmseg(mapping: _Mapping, model):
     _map_resnet(mapping, "backbone.", "backbone.")
-    _mmseg_head(mapping, model.decode_head, "decode_head", "decode_head")
-    mapping.linear("classifier.conv", "decode_head.conv_seg")
+    if type(model.decode_head).__name__ == "OCRHead":
+        _mmseg_ocr_cascade(mapping, "decode_head", "decode_head")
+        mapping.linear("classifier.conv", "decode_head.1.conv_seg")
+    else:
+        _mmseg_head(mapping, model.decode_head, "decode_head", "decode_head")
+        mapping.linear("classifier.conv", "decode_head.conv_seg")
     if getattr(model, "aux_head", None) is not None and "auxiliary_head.conv_seg.weight" in mapping.source:
         _mmseg_head(mapping, model.aux_head, "auxiliary_head", "aux_head")
         mapping.linear("aux_classifier.conv", "auxiliary_head.conv_seg")

@@ -51,6 +51,39 @@ CASES = {  # name: (segcls overrides, mmseg head factory (module, in_index), out
 }  # fmt: skip
 
 
+def test_mmseg_ocrnet_cascade_equals_segcls_after_conversion(mmseg):
+    """mmseg's OCRNet (CascadeEncoderDecoder: FCN on res4 -> OCR on res5), the coarse logits
+    feeding the OCR head's spatial gather."""
+    from mmseg.models import backbones, decode_heads
+
+    peer = torch.nn.Module()
+    peer.backbone = backbones.ResNetV1c(depth=50, base_channels=WIDTH, dilations=(1, 1, 2, 4), strides=(1, 2, 1, 1),
+                                        contract_dilation=True, norm_cfg=BN)  # fmt: skip
+    peer.decode_head = torch.nn.ModuleList([
+        decode_heads.FCNHead(in_channels=C[2], in_index=2, channels=CH, num_convs=1, concat_input=False,
+                             num_classes=K, norm_cfg=BN),
+        decode_heads.OCRHead(in_channels=C[3], in_index=3, channels=CH, ocr_channels=8, num_classes=K, norm_cfg=BN),
+    ])  # fmt: skip
+    peer = randomize(peer).double().eval()
+    model = float64_segmentor(
+        V1C + ["MODEL.DECODE_HEAD.NAME", "OCRHead", "MODEL.DECODE_HEAD.IN_FEATURES", '["res4", "res5"]',
+               "MODEL.DECODE_HEAD.LAST_CONV_KERNEL", 1, "MODEL.DECODE_HEAD.OCR.KEY_CHANNELS", 8,
+               "MODEL.DECODE_HEAD.OCR.COARSE_CHANNELS", CH],
+        K,
+    )  # fmt: skip
+    conversion = convert_state_dict(peer.state_dict(), model, "ocrnet")
+    assert conversion.unused == [] and set(conversion.tensors) == set(model.state_dict())
+    model.load_state_dict(conversion.tensors)
+    x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
+    with torch.no_grad():
+        feats = peer.backbone(x)
+        expected = peer.decode_head[1](feats, peer.decode_head[0](feats))
+        expected = F.interpolate(expected, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        got = torch.stack([model([{"image": img}])[0]["sem_seg"] for img in x])
+    assert expected.abs().max() > 1
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-10 * expected.abs().max())
+
+
 def mmseg_model(mmseg, name):
     from mmseg.models import backbones, decode_heads
 
