@@ -29,7 +29,6 @@ names) that loads a local torchvision, open-mmlab or detectron2-named checkpoint
 :meth:`DilatedResNet.load_pretrained`.
 """
 
-import torch
 import torch.nn.functional as F
 from detectron2.layers import CNNBlockBase, Conv2d, ShapeSpec, get_norm
 from detectron2.modeling import BACKBONE_REGISTRY
