@@ -396,6 +396,13 @@ def _convert_hf_upernet(mapping: _Mapping, model):
 
 def _convert_backbone(mapping: _Mapping, model):
     prefix = next((p for p in ("backbone.", "module.", "") if any(k.startswith(p + "layer1.") for k in mapping.source)))
+    if any(re.fullmatch(rf"{re.escape(prefix)}layer\d\.0\.downsample\.2\.weight", k) for k in mapping.source):
+        raise ConversionError(
+            "an open-mmlab ResNetV1d file (average-pool shortcut: downsample.0 pool, .1 conv, .2 BN): segcls's "
+            "dilated ResNet has the V1c shortcut (no pool), and timm's resnet50d pools dilated stages differently "
+            "from mmseg (2x2 'same' average vs none), so no segcls backbone computes the same features; use a "
+            "ResNetV1c file"
+        )
     _map_resnet(mapping, prefix, "backbone.")
 
 

@@ -294,6 +294,16 @@ def test_openmmlab_v1c_backbone_fills_the_deep_stem():
     assert set(conversion.tensors) == {k for k in model.state_dict() if k.startswith("backbone.")}
 
 
+def test_openmmlab_v1d_backbone_is_refused_with_the_reason():
+    v1d = {".downsample.0.": ".downsample.1.", ".downsample.1.": ".downsample.2."}  # V1d: downsample.0 is the pool
+    shapes = {}
+    for name, shape in mmseg_resnet_v1c("", width=WIDTH).items():
+        old = next((o for o in v1d if o in name), None)
+        shapes[name.replace(old, v1d[old]) if old else name] = shape
+    with pytest.raises(ConversionError, match="ResNetV1d .*average-pool shortcut"):
+        convert_state_dict(random_state(shapes), segcls_model(V1C[:8]))
+
+
 def test_read_checkpoint_rejects_garbage_and_reads_safetensors(tmp_path):
     from safetensors.torch import save_file
 
