@@ -9,7 +9,8 @@ Source layouts (:func:`detect_layout`):
 - ``"mmseg"``: an mmsegmentation 1.x segmentor (``backbone.*``, ``decode_head.conv_seg``,
   ``auxiliary_head.*``) with a ResNetV1c backbone and an FCN, PSP, ASPP (DeepLabV3),
   depthwise-separable ASPP (DeepLabV3+), UPerNet, Non-local, CCNet or DANet head, or OCRNet's
-  cascade (``decode_head.0`` FCN, ``decode_head.1`` OCR);
+  cascade (``decode_head.0`` FCN, ``decode_head.1`` OCR); or a Swin backbone (target:
+  ``build_timm_backbone`` with the same Swin and ``MODEL.TIMM.OUT_NORM``) with UPerNet;
 - ``"hf_upernet"``: HF ``UperNetForSemanticSegmentation`` with a ConvNeXt backbone
   (``backbone.embeddings``, ``backbone.encoder.stages``, ``backbone.hidden_states_norms``; target:
   ``build_timm_backbone`` with the same ConvNeXt, ``MODEL.TIMM.OUT_NORM``, ``UPerHead`` and an
@@ -330,8 +331,68 @@ def _mmseg_ocr_cascade(mapping: _Mapping, src: str, dst: str):
     mapping.conv_module(f"{dst}.tail.conv", f"{block}.bottleneck")
 
 
+_MMSEG_SWIN = [
+    (r"patch_embed\.projection\.", "patch_embed.proj."),
+    (r"patch_embed\.norm\.", "patch_embed.norm."),
+    (r"stages\.(\d+)\.blocks\.(\d+)\.attn\.w_msa\.", r"layers.\1.blocks.\2.attn."),
+    (r"stages\.(\d+)\.blocks\.(\d+)\.ffn\.layers\.0\.0\.", r"layers.\1.blocks.\2.mlp.fc1."),
+    (r"stages\.(\d+)\.blocks\.(\d+)\.ffn\.layers\.1\.", r"layers.\1.blocks.\2.mlp.fc2."),
+    (r"stages\.(\d+)\.blocks\.(\d+)\.(norm\d)\.", r"layers.\1.blocks.\2.\3."),
+]  # mmseg SwinTransformer name -> timm SwinTransformer name (PatchMerging: see _map_mmseg_swin)
+
+
+def _unfold_to_timm_order(channels: int) -> torch.Tensor:
+    """Index permutation of PatchMerging's 4C inputs: mmseg concatenates the 2x2 neighbours with
+    ``nn.Unfold`` (index c * 4 + kh * 2 + kw), timm / the official Swin as [x(0,0), x(1,0), x(0,1),
+    x(1,1)] (index kw * 2C + kh * C + c); entry t of the result is the mmseg index of timm's t."""
+    t = torch.arange(4 * channels)
+    kw, kh, c = t // (2 * channels), (t // channels) % 2, t % channels
+    return c * 4 + kh * 2 + kw
+
+
+def _map_mmseg_swin(mapping: _Mapping, backbone):
+    """mmseg's SwinTransformer (``backbone.*``) -> segcls's timm Swin (``build_timm_backbone``,
+    ``MODEL.TIMM.OUT_NORM`` for mmseg's ``norm0..3``). mmseg's PatchMerging closes stage i, timm's
+    opens stage i + 1; its 4C inputs are permuted (:func:`_unfold_to_timm_order`)."""
+    if not hasattr(backbone, "full_to_features_names") or getattr(backbone, "out_norms", None) is None:
+        raise ConversionError(
+            "mmseg's Swin backbone needs build_timm_backbone with the same Swin (MODEL.TIMM.NAME) and "
+            "MODEL.TIMM.OUT_NORM True (its norm0..norm3)"
+        )
+    to_features = backbone.full_to_features_names()
+    levels = sorted(backbone.out_norms.keys())
+    for src in list(mapping.source):
+        if not src.startswith("backbone."):
+            continue
+        name = src[len("backbone."):]
+        if name.endswith("relative_position_index"):  # a derived buffer, rebuilt by timm
+            mapping.used.add(src)
+            continue
+        m = re.fullmatch(r"norm(\d)\.(weight|bias)", name)
+        if m:
+            mapping.take(f"backbone.out_norms.{levels[int(m.group(1))]}.{m.group(2)}", src)
+            continue
+        m = re.fullmatch(r"stages\.(\d+)\.downsample\.(norm|reduction)\.(weight|bias)", name)
+        if m:
+            timm_name = f"layers.{int(m.group(1)) + 1}.downsample.{m.group(2)}.{m.group(3)}"
+            perm = _unfold_to_timm_order(mapping.source[src].shape[-1] // 4)
+            transform = (lambda t, p=perm: t[:, p]) if mapping.source[src].dim() == 2 else (lambda t, p=perm: t[p])
+        else:
+            timm_name, transform = None, None
+            for pattern, replacement in _MMSEG_SWIN:
+                candidate, n = re.subn(pattern, replacement, name)
+                if n:
+                    timm_name = candidate
+                    break
+        if timm_name in to_features:
+            mapping.take("backbone.model." + to_features[timm_name], src, transform)
+
+
 def _convert_mmseg(mapping: _Mapping, model):
-    _map_resnet(mapping, "backbone.", "backbone.")
+    if any(k.startswith("backbone.stages.0.blocks.0.attn.w_msa.") for k in mapping.source):
+        _map_mmseg_swin(mapping, model.backbone)
+    else:
+        _map_resnet(mapping, "backbone.", "backbone.")
     if type(model.decode_head).__name__ == "OCRHead":
         _mmseg_ocr_cascade(mapping, "decode_head", "decode_head")
         mapping.linear("classifier.conv", "decode_head.1.conv_seg")

@@ -162,3 +162,35 @@ def test_swin_t_parameter_count_equals_mmseg_with_out_norm(mmseg, out_norm, delt
     cfg = load_config("configs/ade20k/cac_upernet_swin_t.yaml", ["MODEL.TIMM.OUT_NORM", out_norm, "MODEL.DEVICE", "cpu"])
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     assert count(build_backbone(cfg)) == count(peer) + delta  # mmseg: 27,520,698
+
+
+def test_mmseg_upernet_swin_equals_segcls_after_conversion(mmseg):
+    """mmseg's UPerNet-Swin-T (SwinTransformer with norm0..3, UPerHead, FCN auxiliary head) ->
+    segcls's timm Swin-T with MODEL.TIMM.OUT_NORM; 64x64 input, so the stage-1 map (16x16) is
+    padded to the window (7) before the shift, as in mmseg."""
+    from mmseg.models import backbones, decode_heads
+
+    peer = torch.nn.Module()
+    peer.backbone = backbones.SwinTransformer(embed_dims=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), window_size=7)
+    peer.decode_head = decode_heads.UPerHead(in_channels=[96, 192, 384, 768], in_index=(0, 1, 2, 3), channels=CH,
+                                             pool_scales=(1, 2, 3, 6), num_classes=K, norm_cfg=BN)  # fmt: skip
+    peer.auxiliary_head = decode_heads.FCNHead(in_channels=384, in_index=2, channels=CH, num_convs=1,
+                                               concat_input=False, num_classes=K, norm_cfg=BN)  # fmt: skip
+    peer = randomize(peer).double().eval()
+    model = float64_segmentor(
+        ["MODEL.BACKBONE.NAME", "build_timm_backbone", "MODEL.TIMM.NAME", "swin_tiny_patch4_window7_224",
+         "MODEL.TIMM.OUT_NORM", "True", "MODEL.DECODE_HEAD.NAME", "UPerHead",
+         "MODEL.DECODE_HEAD.IN_FEATURES", '["res2", "res3", "res4", "res5"]', "MODEL.DECODE_HEAD.CHANNELS", CH,
+         "MODEL.AUX_HEAD.ENABLED", "True", "MODEL.AUX_HEAD.CHANNELS", CH],
+        K,
+    )  # fmt: skip
+    conversion = convert_state_dict(peer.state_dict(), model, "upernet_swin")
+    assert conversion.unused == [] and set(conversion.tensors) == set(model.state_dict())
+    model.load_state_dict(conversion.tensors)
+    x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
+    with torch.no_grad():
+        expected = F.interpolate(peer.decode_head(peer.backbone(x)), size=x.shape[-2:], mode="bilinear",
+                                 align_corners=False)  # fmt: skip
+        got = torch.stack([model([{"image": img}])[0]["sem_seg"] for img in x])
+    assert expected.abs().max() > 1
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-10 * expected.abs().max())
