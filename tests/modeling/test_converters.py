@@ -294,6 +294,18 @@ def test_openmmlab_v1c_backbone_fills_the_deep_stem():
     assert set(conversion.tensors) == {k for k in model.state_dict() if k.startswith("backbone.")}
 
 
+def test_patch_merging_unfold_order_to_timm_order():
+    """mmseg's PatchMerging concatenates the 2x2 neighbours with nn.Unfold; timm's (the official
+    Swin's) as [x(0,0), x(1,0), x(0,1), x(1,1)]: the permutation maps one onto the other."""
+    from segcls.converters.convert import _unfold_to_timm_order
+
+    x = torch.randn(1, 3, 4, 6)  # (B, C, H, W)
+    unfold = torch.nn.Unfold(kernel_size=2, stride=2)(x).transpose(1, 2)  # (B, L, 4C), mmseg order
+    nhwc = x.permute(0, 2, 3, 1)
+    official = torch.cat([nhwc[:, 0::2, 0::2], nhwc[:, 1::2, 0::2], nhwc[:, 0::2, 1::2], nhwc[:, 1::2, 1::2]], -1)
+    assert torch.equal(unfold[..., _unfold_to_timm_order(3)], official.flatten(1, 2))
+
+
 def test_openmmlab_v1d_backbone_is_refused_with_the_reason():
     v1d = {".downsample.0.": ".downsample.1.", ".downsample.1.": ".downsample.2."}  # V1d: downsample.0 is the pool
     shapes = {}
