@@ -12,9 +12,9 @@ mapped onto it (``segcls.converters``):
 
 - whole models: mmsegmentation segmentors (FCN, PSPNet, DeepLabV3, DeepLabV3+ in mmseg's layout,
   UPerNet, Non-local, CCNet, DANet, OCRNet; ResNetV1c backbone, or Swin with UPerNet; auxiliary
-  head included), HF
-  ``UperNetForSemanticSegmentation`` with a ConvNeXt backbone, torchvision ``fcn_resnet50/101`` and
-  ``deeplabv3_resnet50/101`` (auxiliary head included), segcls / detectron2 checkpoints;
+  head included), HF ``UperNetForSemanticSegmentation`` with a ConvNeXt backbone, torchvision
+  ``fcn_resnet50/101`` and ``deeplabv3_resnet50/101`` (auxiliary head included), segcls /
+  detectron2 checkpoints;
 - backbones: torchvision and open-mmlab (ResNetV1c) ResNets for ``build_resnet_dilated_backbone``;
   timm, torchvision and official (Swin, ConvNeXt, ...) files for ``build_timm_backbone`` (names
   mapped as for MODEL.TIMM.WEIGHTS).
