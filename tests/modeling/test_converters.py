@@ -294,6 +294,47 @@ def test_openmmlab_v1c_backbone_fills_the_deep_stem():
     assert set(conversion.tensors) == {k for k in model.state_dict() if k.startswith("backbone.")}
 
 
+def hf_upernet_convnext(widths=(40, 80, 160, 320), depths=(2, 2, 6, 2), ch=CH, aux_ch=8):
+    """{name: shape} of HF's UperNetForSemanticSegmentation with a ConvNextBackbone (transformers 5.x
+    names; the peers suite checks them against the real module)."""
+    shapes = {"backbone.embeddings.patch_embeddings.weight": (widths[0], 3, 4, 4),
+              "backbone.embeddings.patch_embeddings.bias": (widths[0],),
+              "backbone.embeddings.layernorm.weight": (widths[0],), "backbone.embeddings.layernorm.bias": (widths[0],)}  # fmt: skip
+    for i, (c, d) in enumerate(zip(widths, depths)):
+        stage = f"backbone.encoder.stages.{i}"
+        if i:
+            shapes.update({f"{stage}.downsampling_layer.0.weight": (widths[i - 1],), f"{stage}.downsampling_layer.0.bias": (widths[i - 1],),
+                           f"{stage}.downsampling_layer.1.weight": (c, widths[i - 1], 2, 2), f"{stage}.downsampling_layer.1.bias": (c,)})  # fmt: skip
+        for j in range(d):
+            layer = f"{stage}.layers.{j}"
+            shapes.update({f"{layer}.layer_scale_parameter": (c,), f"{layer}.dwconv.weight": (c, 1, 7, 7), f"{layer}.dwconv.bias": (c,),
+                           f"{layer}.layernorm.weight": (c,), f"{layer}.layernorm.bias": (c,), f"{layer}.pwconv1.weight": (4 * c, c),
+                           f"{layer}.pwconv1.bias": (4 * c,), f"{layer}.pwconv2.weight": (c, 4 * c), f"{layer}.pwconv2.bias": (c,)})  # fmt: skip
+        shapes.update({f"backbone.hidden_states_norms.stage{i + 1}.weight": (c,), f"backbone.hidden_states_norms.stage{i + 1}.bias": (c,)})
+    hf = {k.replace(".bn.", ".batch_norm."): v for k, v in mmseg_uper_head("decode_head", list(widths), ch).items()}
+    hf["decode_head.classifier.weight"], hf["decode_head.classifier.bias"] = hf.pop("decode_head.conv_seg.weight"), hf.pop("decode_head.conv_seg.bias")
+    aux = {k.replace(".bn.", ".batch_norm.").replace("conv_seg", "classifier"): v
+           for k, v in mmseg_fcn_head("auxiliary_head", widths[2], aux_ch, 1, False).items()}  # fmt: skip
+    return {**shapes, **hf, **aux}
+
+
+def test_hf_upernet_convnext_layout_maps_every_tensor():
+    state = {k: v.float() if v.is_floating_point() else v for k, v in random_state(hf_upernet_convnext()).items()}
+    model = segcls_model(
+        ["MODEL.BACKBONE.NAME", "build_timm_backbone", "MODEL.TIMM.NAME", "convnext_atto", "MODEL.TIMM.OUT_NORM", "True",
+         "MODEL.DECODE_HEAD.NAME", "UPerHead", "MODEL.DECODE_HEAD.IN_FEATURES", '["res2", "res3", "res4", "res5"]',
+         "MODEL.DECODE_HEAD.CHANNELS", CH, "MODEL.AUX_HEAD.ENABLED", "True", "MODEL.AUX_HEAD.CHANNELS", 8]
+    )  # fmt: skip
+    conversion = convert_state_dict(state, model, "hf")
+    assert conversion.layout == "hf_upernet" and conversion.unused == []
+    assert set(conversion.tensors) == set(model.state_dict())
+    fc1 = "backbone.model." + model.backbone.full_to_features_names()["stages.2.blocks.5.mlp.fc1.weight"]
+    assert torch.equal(conversion.tensors[fc1].flatten(1), state["backbone.encoder.stages.2.layers.5.pwconv1.weight"])
+    del state["backbone.hidden_states_norms.stage3.bias"]
+    with pytest.raises(ConversionError, match=r"unmapped.*backbone\.out_norms\.res4\.bias"):
+        convert_state_dict(state, model, "hf")
+
+
 def test_patch_merging_unfold_order_to_timm_order():
     """mmseg's PatchMerging concatenates the 2x2 neighbours with nn.Unfold; timm's (the official
     Swin's) as [x(0,0), x(1,0), x(0,1), x(1,1)]: the permutation maps one onto the other."""
