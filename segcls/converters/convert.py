@@ -341,6 +341,26 @@ _MMSEG_SWIN = [
 ]  # mmseg SwinTransformer name -> timm SwinTransformer name (PatchMerging: see _map_mmseg_swin)
 
 
+def _rename(name: str, table) -> Optional[str]:
+    """``name`` rewritten by the first (pattern, replacement) of ``table`` that matches, else None."""
+    for pattern, replacement in table:
+        renamed, n = re.subn(pattern, replacement, name)
+        if n:
+            return renamed
+    return None
+
+
+def _timm_target(backbone, source: str) -> Dict[str, str]:
+    """{timm full name: segcls features name} of a TimmBackbone with output norms, for ``source``'s
+    backbone (which has them); a clear error for another target."""
+    if not hasattr(backbone, "full_to_features_names") or getattr(backbone, "out_norms", None) is None:
+        raise ConversionError(
+            f"{source}'s backbone needs build_timm_backbone with the same model (MODEL.TIMM.NAME) and "
+            "MODEL.TIMM.OUT_NORM True (its per-stage output norms)"
+        )
+    return backbone.full_to_features_names()
+
+
 def _unfold_to_timm_order(channels: int) -> torch.Tensor:
     """Index permutation of PatchMerging's 4C inputs: mmseg concatenates the 2x2 neighbours with
     ``nn.Unfold`` (index c * 4 + kh * 2 + kw), timm / the official Swin as [x(0,0), x(1,0), x(0,1),
@@ -354,12 +374,7 @@ def _map_mmseg_swin(mapping: _Mapping, backbone):
     """mmseg's SwinTransformer (``backbone.*``) -> segcls's timm Swin (``build_timm_backbone``,
     ``MODEL.TIMM.OUT_NORM`` for mmseg's ``norm0..3``). mmseg's PatchMerging closes stage i, timm's
     opens stage i + 1; its 4C inputs are permuted (:func:`_unfold_to_timm_order`)."""
-    if not hasattr(backbone, "full_to_features_names") or getattr(backbone, "out_norms", None) is None:
-        raise ConversionError(
-            "mmseg's Swin backbone needs build_timm_backbone with the same Swin (MODEL.TIMM.NAME) and "
-            "MODEL.TIMM.OUT_NORM True (its norm0..norm3)"
-        )
-    to_features = backbone.full_to_features_names()
+    to_features = _timm_target(backbone, "mmseg's Swin")
     levels = sorted(backbone.out_norms.keys())
     for src in list(mapping.source):
         if not src.startswith("backbone."):
@@ -378,12 +393,7 @@ def _map_mmseg_swin(mapping: _Mapping, backbone):
             perm = _unfold_to_timm_order(mapping.source[src].shape[-1] // 4)
             transform = (lambda t, p=perm: t[:, p]) if mapping.source[src].dim() == 2 else (lambda t, p=perm: t[p])
         else:
-            timm_name, transform = None, None
-            for pattern, replacement in _MMSEG_SWIN:
-                candidate, n = re.subn(pattern, replacement, name)
-                if n:
-                    timm_name = candidate
-                    break
+            timm_name, transform = _rename(name, _MMSEG_SWIN), None
         if timm_name in to_features:
             mapping.take("backbone.model." + to_features[timm_name], src, transform)
 
@@ -421,12 +431,7 @@ _HF_CONVNEXT = [
 
 def _convert_hf_upernet(mapping: _Mapping, model):
     backbone = model.backbone
-    if not hasattr(backbone, "full_to_features_names") or getattr(backbone, "out_norms", None) is None:
-        raise ConversionError(
-            "HF UperNet's ConvNeXt backbone needs build_timm_backbone with the same ConvNeXt (MODEL.TIMM.NAME) "
-            "and MODEL.TIMM.OUT_NORM True (its hidden_states_norms)"
-        )
-    to_features = backbone.full_to_features_names()
+    to_features = _timm_target(backbone, "HF UperNet's ConvNeXt")
     shapes = {k: v.shape for k, v in backbone.state_dict().items()}
     levels = sorted(backbone.out_norms.keys())
     for src in list(mapping.source):
@@ -437,14 +442,12 @@ def _convert_hf_upernet(mapping: _Mapping, model):
         if m:
             mapping.take(f"backbone.out_norms.{levels[int(m.group(1)) - 1]}.{m.group(2)}", src)
             continue
-        for pattern, replacement in _HF_CONVNEXT:
-            timm_name, n = re.subn(pattern, replacement, name)
-            if n and timm_name in to_features:
-                # HF's pointwise Linear (C_out, C_in) is timm's 1x1 conv (C_out, C_in, 1, 1) with conv_mlp
-                shape = shapes["model." + to_features[timm_name]]
-                reshape = lambda t, shape=shape: t.reshape(shape) if t.numel() == shape.numel() else t  # noqa: E731
-                mapping.take("backbone.model." + to_features[timm_name], src, reshape)
-                break
+        timm_name = _rename(name, _HF_CONVNEXT)
+        if timm_name in to_features:
+            # HF's pointwise Linear (C_out, C_in) is timm's 1x1 conv (C_out, C_in, 1, 1) with conv_mlp
+            shape = shapes["model." + to_features[timm_name]]
+            reshape = lambda t, shape=shape: t.reshape(shape) if t.numel() == shape.numel() else t  # noqa: E731
+            mapping.take("backbone.model." + to_features[timm_name], src, reshape)
     _uper_head(mapping, model.decode_head, "decode_head", "decode_head", bn="batch_norm")
     mapping.linear("classifier.conv", "decode_head.classifier")
     if getattr(model, "aux_head", None) is not None and "auxiliary_head.classifier.weight" in mapping.source:

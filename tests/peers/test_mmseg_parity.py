@@ -51,6 +51,22 @@ CASES = {  # name: (segcls overrides, mmseg head factory (module, in_index), out
 }  # fmt: skip
 
 
+def assert_equal_after_conversion(peer, model, peer_logits):
+    """Convert ``peer``'s state dict onto ``model`` (every file tensor used, every model tensor
+    filled), load it, and compare the main logits on a random (2, 3, 64, 64) batch with
+    ``peer_logits(x)`` (resized to the input) to 1e-10 of their scale; returns (x, model)."""
+    conversion = convert_state_dict(peer.state_dict(), model, type(peer).__name__)
+    assert conversion.unused == [] and set(conversion.tensors) == set(model.state_dict())
+    model.load_state_dict(conversion.tensors)
+    x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
+    with torch.no_grad():
+        expected = F.interpolate(peer_logits(x), size=x.shape[-2:], mode="bilinear", align_corners=False)
+        got = torch.stack([model([{"image": img}])[0]["sem_seg"] for img in x])
+    assert expected.abs().max() > 1
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-10 * expected.abs().max())
+    return x
+
+
 def test_mmseg_ocrnet_cascade_equals_segcls_after_conversion(mmseg):
     """mmseg's OCRNet (CascadeEncoderDecoder: FCN on res4 -> OCR on res5), the coarse logits
     feeding the OCR head's spatial gather."""
@@ -71,17 +87,9 @@ def test_mmseg_ocrnet_cascade_equals_segcls_after_conversion(mmseg):
                "MODEL.DECODE_HEAD.OCR.COARSE_CHANNELS", CH],
         K,
     )  # fmt: skip
-    conversion = convert_state_dict(peer.state_dict(), model, "ocrnet")
-    assert conversion.unused == [] and set(conversion.tensors) == set(model.state_dict())
-    model.load_state_dict(conversion.tensors)
-    x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
-    with torch.no_grad():
-        feats = peer.backbone(x)
-        expected = peer.decode_head[1](feats, peer.decode_head[0](feats))
-        expected = F.interpolate(expected, size=x.shape[-2:], mode="bilinear", align_corners=False)
-        got = torch.stack([model([{"image": img}])[0]["sem_seg"] for img in x])
-    assert expected.abs().max() > 1
-    torch.testing.assert_close(got, expected, rtol=0, atol=1e-10 * expected.abs().max())
+    assert_equal_after_conversion(
+        peer, model, lambda x: peer.decode_head[1](peer.backbone(x), peer.decode_head[0](peer.backbone(x)))
+    )
 
 
 def mmseg_model(mmseg, name):
@@ -104,20 +112,14 @@ def test_mmseg_segmentor_equals_segcls_after_conversion(mmseg, name):
     peer = mmseg_model(mmseg, name)
     aux = ["MODEL.AUX_HEAD.ENABLED", "True", "MODEL.AUX_HEAD.CHANNELS", CH]
     model = float64_segmentor(CASES[name][0] + V1C + aux, K)
-    conversion = convert_state_dict(peer.state_dict(), model, name)
-    assert conversion.unused == [] and set(conversion.tensors) == set(model.state_dict())
-    model.load_state_dict(conversion.tensors)
-    x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
+    def main_logits(x):
+        out = peer.decode_head(peer.backbone(x))
+        return out[0] if isinstance(out, tuple) else out  # DANet: (pam_cam, pam, cam)
+
+    x = assert_equal_after_conversion(peer, model, main_logits)
     with torch.no_grad():
-        feats = peer.backbone(x)
-        expected = peer.decode_head(feats)
-        expected = expected[0] if isinstance(expected, tuple) else expected  # DANet: (pam_cam, pam, cam)
-        expected = F.interpolate(expected, size=x.shape[-2:], mode="bilinear", align_corners=False)
-        expected_aux = peer.auxiliary_head(feats)
-        got = torch.stack([model([{"image": img}])[0]["sem_seg"] for img in x])
+        expected_aux = peer.auxiliary_head(peer.backbone(x))
         got_aux = model.aux_classifier(model.aux_head(model.backbone(x)).pixel_feature).logits
-    assert expected.abs().max() > 1
-    torch.testing.assert_close(got, expected, rtol=0, atol=1e-10 * expected.abs().max())
     torch.testing.assert_close(got_aux, expected_aux, rtol=0, atol=1e-10 * expected_aux.abs().max())
 
 
@@ -184,13 +186,4 @@ def test_mmseg_upernet_swin_equals_segcls_after_conversion(mmseg):
          "MODEL.AUX_HEAD.ENABLED", "True", "MODEL.AUX_HEAD.CHANNELS", CH],
         K,
     )  # fmt: skip
-    conversion = convert_state_dict(peer.state_dict(), model, "upernet_swin")
-    assert conversion.unused == [] and set(conversion.tensors) == set(model.state_dict())
-    model.load_state_dict(conversion.tensors)
-    x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
-    with torch.no_grad():
-        expected = F.interpolate(peer.decode_head(peer.backbone(x)), size=x.shape[-2:], mode="bilinear",
-                                 align_corners=False)  # fmt: skip
-        got = torch.stack([model([{"image": img}])[0]["sem_seg"] for img in x])
-    assert expected.abs().max() > 1
-    torch.testing.assert_close(got, expected, rtol=0, atol=1e-10 * expected.abs().max())
+    assert_equal_after_conversion(peer, model, lambda x: peer.decode_head(peer.backbone(x)))
