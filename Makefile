@@ -38,7 +38,7 @@ $(STAMP): setup.py $(CONSTRAINTS) tools/install_detectron2.py tools/patches/pb1-
 demo: setup
 	$(VENV_PY) datasets/prepare_synthetic_context.py
 	$(VENV_PY) tools/train_net.py --config-file $(DEMO_CONFIG) OUTPUT_DIR $(DEMO_OUTPUT)
-	@echo "[demo] metrics: $(DEMO_OUTPUT)/eval/metrics.json  overlays: $(DEMO_OUTPUT)/eval/*/overlays/"
+	@echo "[demo] metrics: $(DEMO_OUTPUT)/eval/results.json  overlays: $(DEMO_OUTPUT)/eval/*/overlays/"
 
 test: setup
 	$(VENV_PY) -m pytest

@@ -97,6 +97,13 @@ def add_segcls_config(cfg):
     cfg.MODEL.REGULARIZERS = CN()
     cfg.MODEL.REGULARIZERS.NAMES = []
 
+    # MODEL.WEIGHTS (detectron2's key: a checkpoint to initialise from) is loaded strictly
+    # (segcls.engine.checkpoint): a file that matches no tensor, holds tensors the model lacks or
+    # of another shape, or leaves part of a module it provides (e.g. the backbone) unset is an
+    # error naming the file, and evaluation needs every tensor. True = load what matches
+    # (detectron2's behaviour: mismatches only logged).
+    cfg.MODEL.WEIGHTS_ALLOW_PARTIAL = False
+
     # Logits -> label-size resizing for losses and image-size resizing at inference.
     cfg.MODEL.ALIGN_CORNERS = False
 
@@ -128,6 +135,11 @@ def add_segcls_config(cfg):
     # mmsegmentation) to a multiple of this inside the model (a true divisor of the batch's size);
     # during training they are also padded to the crop size. -1 = use the backbone's size_divisibility.
     cfg.INPUT.SIZE_DIVISIBILITY = -1
+
+    # Datasets declared in the config, registered in every process (segcls.data.datasets.custom):
+    # a list of {NAME, IMAGE_DIR, LABEL_DIR, CLASSES[, IGNORE_LABEL=255, IMAGE_EXT=".jpg",
+    # LABEL_EXT=".png", EVALUATOR_TYPE="sem_seg"]}. [] = none.
+    cfg.DATASETS.CUSTOM = []
 
     # Resumable, reproducible training sampler (see segcls.data.build.ResumableTrainingSampler).
     cfg.DATALOADER.SAMPLER_TRAIN = "ResumableTrainingSampler"
@@ -187,6 +199,31 @@ def add_segcls_config(cfg):
     # warn_only=True), cudnn.deterministic) for run-to-run identical results at some speed cost.
     # CPU training with a fixed SEED is bitwise repeatable without it.
     cfg.SEGCLS.DETERMINISTIC = False
+    # ---------------------------------------------------------------------------------------------
+    # EMA of the weights, pictures, Weights & Biases (segcls.engine.ema / .visualization / .wandb_writer)
+    # ---------------------------------------------------------------------------------------------
+    # Exponential moving average of the weights, updated after every step: ema = d * ema + (1 - d) * w
+    # for every floating-point parameter and buffer (d2go's MODEL_EMA, timm's ModelEmaV2); it is
+    # evaluated after the raw weights at every evaluation (OUTPUT_DIR/eval_ema/, scalars "ema/..."),
+    # saved in every checkpoint under "model_ema" and restored by --resume.
+    cfg.MODEL.EMA = CN()
+    cfg.MODEL.EMA.ENABLED = False
+    cfg.MODEL.EMA.DECAY = 0.999  # d2go's default; 0.9998-0.9999 (timm) for runs of 100k+ iterations
+    # True: decay_t = min(DECAY, (1 + t) / (10 + t)) after t updates (TensorFlow's
+    # ExponentialMovingAverage num_updates), so short runs are not dominated by the initial weights.
+    cfg.MODEL.EMA.WARMUP = False
+    # detectron2's VIS_PERIOD (default 0 = off): every VIS_PERIOD iterations, and at each evaluation,
+    # "image | ground truth | prediction" panels with a legend of the classes present go to
+    # TensorBoard (and W&B), for the first VIS_IMAGES images of DATASETS.TRAIN[0] / of each test set.
+    cfg.SEGCLS.VIS_IMAGES = 3
+    # Weights & Biases event writer (needs `pip install wandb`; not a dependency of segcls).
+    # NAME "" = W&B's generated run name; MODE "" = wandb's default (or $WANDB_MODE), else
+    # "online", "offline" or "disabled".
+    cfg.WANDB = CN()
+    cfg.WANDB.ENABLED = False
+    cfg.WANDB.PROJECT = "segcls"
+    cfg.WANDB.NAME = ""
+    cfg.WANDB.MODE = ""
     # Keys of the modules and methods, defined next to their code.
     for add_module_config in _MODULE_CONFIGS:
         add_module_config(cfg)

@@ -67,8 +67,20 @@ def register_dirs(name, image_dir, label_dir, num_classes):
 
 def tiny_config(output_dir, train=(), test=(), num_classes=3, opts=()):
     """A frozen tiny training config (ResNet-18 of width 8, FCN 16 channels, 32x32 crops)."""
-    cfg = load_config(
-        "",
+    cfg = load_config("", tiny_opts(output_dir, train, test, num_classes, opts))
+    cfg.freeze()
+    return cfg
+
+
+def custom_dataset_entry(name, image_dir, label_dir, num_classes=3):
+    """A ``DATASETS.CUSTOM`` entry (as a command-line value) registering an image/label folder pair."""
+    classes = [f"c{k}" for k in range(num_classes)]
+    return str([{"NAME": name, "IMAGE_DIR": str(image_dir), "LABEL_DIR": str(label_dir), "CLASSES": classes}])
+
+
+def tiny_opts(output_dir, train=(), test=(), num_classes=3, opts=()):
+    """The ``KEY VALUE`` list of :func:`tiny_config` (e.g. for a ``tools/train_net.py`` command line)."""
+    return (
         TINY_MODEL
         + [
             "MODEL.SEM_SEG_HEAD.NUM_CLASSES", str(num_classes),
@@ -85,10 +97,42 @@ def tiny_config(output_dir, train=(), test=(), num_classes=3, opts=()):
             "SEED", "7",
             "OUTPUT_DIR", str(output_dir),
         ]
-        + list(opts),
+        + list(opts)
     )
-    cfg.freeze()
-    return cfg
+
+
+def train_and_test_on_embedded_benchmark(root, opts=()):
+    """Generates a tiny embedded benchmark (4 training, 2 + 2 test images of 48x48) under ``root``,
+    trains :func:`tiny_config` with ``opts`` on it and evaluates on ``val`` and ``val_rare``.
+    Returns (trainer, {split name: SemSegEvaluator metrics})."""
+    from segcls.data.datasets.synthetic_context import generate_synthetic_context, register_synthetic_context
+    from segcls.engine import Trainer
+
+    generate_synthetic_context(str(root), num_train=4, num_val=2, num_val_rare=2, image_size=48)
+    register_synthetic_context(str(root))
+    splits = ["synthetic_context_val", "synthetic_context_val_rare"]
+    cfg = tiny_config(
+        os.path.join(str(root), "out"),
+        train=["synthetic_context_train"],
+        test=splits,
+        num_classes=11,
+        opts=list(opts) + ["TEST.NUM_OVERLAYS", "0"],
+    )
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    results = Trainer.test(cfg, trainer.model)
+    return trainer, {name: results[name]["sem_seg"] for name in splits}
+
+
+def save_random_model(cfg, folder):
+    """Save a freshly initialised (seed 0) model of ``cfg`` as ``folder/model.pth``; returns the path."""
+    from detectron2.checkpoint import DetectionCheckpointer
+    from segcls.engine import Trainer
+
+    torch.manual_seed(0)
+    DetectionCheckpointer(Trainer.build_model(cfg), save_dir=str(folder)).save("model")
+    return os.path.join(str(folder), "model.pth")
 
 
 def tiny_batch(seed=0, with_labels=True, num_classes=4, ignore_value=255):

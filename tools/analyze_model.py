@@ -11,7 +11,7 @@ through its normal ``list[dict]`` interface, so any meta-architecture works (per
 ...). FLOPs follow fvcore's convention, the one the papers' GFLOPs use: one multiply-add counts
 as one flop, and operators without an fvcore handle (elementwise ops, softmax, activations, ...)
 count as zero; they are listed. ``torchvision::deform_conv2d`` (CSFRN's AAM) is counted like a
-convolution of the same shape (:func:`deform_conv2d_flop_jit`; the bilinear sampling is not
+convolution of the same shape (:func:`segcls.benchmarks.measure.deform_conv2d_flop_jit`; the bilinear sampling is not
 counted, as fvcore counts no elementwise op). Parameters: every parameter of the built model (training-only
 parts such as an auxiliary head included; the per-module table shows them separately).
 """
@@ -20,11 +20,11 @@ import logging
 
 import torch
 from detectron2.modeling import build_model
-from fvcore.nn import FlopCountAnalysis, flop_count_table, parameter_count
-from fvcore.nn.jit_handles import get_shape
+from fvcore.nn import flop_count_table, parameter_count
 from torch import nn
 
 import segcls  # noqa: F401  (registers modules)
+from segcls.benchmarks.measure import count_flops
 from segcls.engine.defaults import load_config
 
 
@@ -39,23 +39,6 @@ class SingleImageInference(nn.Module):
         return self.model([{"image": image}])[0]["sem_seg"]
 
 
-def deform_conv2d_flop_jit(inputs, outputs):
-    """fvcore handle of ``torchvision::deform_conv2d(input, weight, offset, mask, bias, ...)``: one
-    multiply-add per output element, input channel of its group and kernel tap, as a convolution."""
-    weight = get_shape(inputs[1])  # (C_out, C_in / groups, kh, kw)
-    out = get_shape(outputs[0])
-    return out[0] * out[1] * out[2] * out[3] * weight[1] * weight[2] * weight[3]
-
-
-EXTRA_HANDLES = {"torchvision::deform_conv2d": deform_conv2d_flop_jit}
-
-
-def flop_analysis(module: nn.Module, inputs) -> FlopCountAnalysis:
-    """fvcore's FlopCountAnalysis with segcls's extra operator handles, warnings off."""
-    flops = FlopCountAnalysis(module, inputs).set_op_handle(**EXTRA_HANDLES)
-    return flops.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
-
-
 def analyze(cfg, height: int, width: int, max_depth: int = 2) -> dict:
     """
     Returns ``{"params": int, "flops": int, "table": str (per-module params and flops up to
@@ -67,7 +50,7 @@ def analyze(cfg, height: int, width: int, max_depth: int = 2) -> dict:
     wrapper = SingleImageInference(model)
     image = torch.randint(0, 256, (3, height, width), generator=torch.Generator().manual_seed(0)).float()
     with torch.no_grad():
-        flops = flop_analysis(wrapper, (image.to(model.device),))
+        flops = count_flops(wrapper, (image.to(model.device),))
         total = flops.total()
         table = flop_count_table(flops, max_depth=max_depth)
     return {

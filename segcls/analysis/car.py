@@ -17,19 +17,20 @@ import math
 from typing import Dict, Iterable, List, Optional, Tuple
 
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import DatasetCatalog
 from detectron2.modeling import build_model
 
 from ..data import build_mapper
+from ..engine.checkpoint import SegclsCheckpointer
 from ..modeling.regularizers.car import CARRegularizer, resize_labels
 
 
 def load_model(cfg) -> torch.nn.Module:
-    """The model of ``cfg`` in eval mode, with ``cfg.MODEL.WEIGHTS`` loaded (random init if empty)."""
+    """The model of ``cfg`` in eval mode, with ``cfg.MODEL.WEIGHTS`` loaded (random init if empty;
+    a trained model: every tensor must come from the file unless ``MODEL.WEIGHTS_ALLOW_PARTIAL``)."""
     model = build_model(cfg)
     if cfg.MODEL.WEIGHTS:
-        DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+        SegclsCheckpointer(model, allow_partial=cfg.MODEL.WEIGHTS_ALLOW_PARTIAL, complete=True).load(cfg.MODEL.WEIGHTS)
     return model.eval()
 
 

@@ -122,12 +122,37 @@ def interleaved(
     return samples
 
 
+def deform_conv2d_flop_jit(inputs, outputs):
+    """fvcore handle of ``torchvision::deform_conv2d(input, weight, offset, mask, bias, ...)``: one
+    multiply-add per output element, input channel of its group and kernel tap, as a convolution."""
+    from fvcore.nn.jit_handles import get_shape
+
+    weight = get_shape(inputs[1])  # (C_out, C_in / groups, kh, kw)
+    out = get_shape(outputs[0])
+    return out[0] * out[1] * out[2] * out[3] * weight[1] * weight[2] * weight[3]
+
+
+def matmul_flop_jit(inputs, outputs):
+    """fvcore handle of ``aten::matmul`` for every operand rank (fvcore's own asserts on a 1-D
+    operand): each output element costs one multiply-add per element of the contracted dimension,
+    the last of the first operand."""
+    from fvcore.nn.jit_handles import get_shape
+
+    out = get_shape(outputs[0]) or []
+    contracted = get_shape(inputs[0])[-1]
+    return int(torch.Size(out).numel()) * contracted
+
+
+EXTRA_HANDLES = {"torchvision::deform_conv2d": deform_conv2d_flop_jit, "aten::matmul": matmul_flop_jit}
+
+
 def count_flops(module: torch.nn.Module, inputs: Sequence):
-    """fvcore's ``FlopCountAnalysis`` of ``module(*inputs)`` (one multiply-add = 1 flop), its
-    warnings about unsupported ops and uncalled modules silenced."""
+    """fvcore's ``FlopCountAnalysis`` of ``module(*inputs)`` (one multiply-add = 1 flop) with
+    segcls's extra operator handles (:data:`EXTRA_HANDLES`), its warnings about unsupported ops and
+    uncalled modules silenced."""
     from fvcore.nn import FlopCountAnalysis
 
-    analysis = FlopCountAnalysis(module, tuple(inputs))
+    analysis = FlopCountAnalysis(module, tuple(inputs)).set_op_handle(**EXTRA_HANDLES)
     return analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
 
 

@@ -44,6 +44,7 @@ def build_mapper(cfg, is_train):
 # What PIL raises on a missing, corrupt or truncated file (UnidentifiedImageError is an OSError;
 # some broken PNG chunks raise SyntaxError or ValueError).
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError)
+_EXIF_ORIENTATION = 0x0112
 
 
 def read_image(path, image_format):
@@ -88,17 +89,34 @@ def present_values(label):
     return np.unique(label)
 
 
-def read_label(path, num_classes, ignore_value, image_shape=None):
+def exif_orientation(path):
+    """The EXIF orientation tag of the image at ``path`` (1 = upright, also if unreadable)."""
+    try:
+        with Image.open(path) as im:
+            return int(im.getexif().get(_EXIF_ORIENTATION, 1))
+    except _DECODE_ERRORS:
+        return 1
+
+
+def read_label(path, num_classes, ignore_value, image_shape=None, image_path=None):
     """
     Read a label PNG as stored (:func:`read_label_image`): (H, W) integer array, in its stored
     dtype (widened if needed to hold ``ignore_value``). Raises :class:`LabelError` if it is not a
-    single-channel image, its size differs from ``image_shape`` (H, W), or it holds a value
-    outside ``[0, num_classes)`` that is not ``ignore_value``.
+    single-channel image, its size differs from ``image_shape`` (H, W) (the size of the image at
+    ``image_path`` after its EXIF orientation is applied; the message says so when the image has
+    one), or it holds a value outside ``[0, num_classes)`` that is not ``ignore_value``.
     """
     label = read_label_image(path)
     if image_shape is not None and label.shape != tuple(image_shape):
+        orientation = exif_orientation(image_path) if image_path else 1
+        exif = (
+            f" after applying its EXIF orientation {orientation}, as detectron2's read_image does (labels must "
+            "match the image as displayed; remove the tag if the label was drawn on the stored pixels)"
+            if orientation != 1
+            else ""
+        )
         raise LabelError(f"label '{path}' is {label.shape[1]}x{label.shape[0]} (WxH) but its image is "
-                         f"{image_shape[1]}x{image_shape[0]}")
+                         f"{image_shape[1]}x{image_shape[0]}{exif}")
     values = present_values(label)
     bad = values[((values < 0) | (values >= num_classes)) & (values != ignore_value)]
     if bad.size:
@@ -266,21 +284,37 @@ class SemSegDatasetMapper:
         height, width = image.shape[:2]
         label = None
         if "sem_seg_file_name" in dataset_dict:
-            label = read_label(dataset_dict["sem_seg_file_name"], self.num_classes, self.ignore_value, (height, width))
+            label = read_label(
+                dataset_dict["sem_seg_file_name"], self.num_classes, self.ignore_value, (height, width),
+                image_path=dataset_dict["file_name"],
+            )
         if self.is_train:
             if label is None:
                 raise ValueError(f"training record for '{dataset_dict['file_name']}' has no 'sem_seg_file_name'")
             image, label, valid_size = self._augment(image, label, rng)
             if valid_size != image.shape[:2]:
                 dataset_dict["valid_size"] = valid_size
-        elif self.test_resize and self.base_size:
-            h, w = rescale_size(height, width, self.base_size, 1.0)
-            image = cv2.resize(image, (w, h), interpolation=cv2.INTER_LINEAR)
-        dataset_dict["height"], dataset_dict["width"] = height, width
-        dataset_dict["image"] = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
+            dataset_dict["height"], dataset_dict["width"] = height, width
+            dataset_dict["image"] = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
+        else:
+            dataset_dict.update(self.test_input(image))
         if label is not None:
             dataset_dict["sem_seg"] = torch.as_tensor(label.astype(np.int64))
         return dataset_dict
+
+    def test_input(self, image: np.ndarray) -> dict:
+        """The test-time model input of a decoded (H, W, 3) uint8 image in ``image_format``: the
+        optional keep-ratio resize to ``base_size`` (``INPUT.TEST_RESIZE``); ``"height"``/``"width"``
+        the original size. Used for dataset records and for in-memory images (video frames)."""
+        height, width = image.shape[:2]
+        if self.test_resize and self.base_size:
+            h, w = rescale_size(height, width, self.base_size, 1.0)
+            image = cv2.resize(image, (w, h), interpolation=cv2.INTER_LINEAR)
+        return {
+            "height": height,
+            "width": width,
+            "image": torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1))),
+        }
 
     def _augment(self, image, label, rng):
         h, w = rescale_size(*label.shape, self.base_size, rng.uniform(*self.ratio_range))

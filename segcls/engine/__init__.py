@@ -6,5 +6,7 @@ from .defaults import (
     train_net_cli,
     train_net_main,
 )
+from .ema import EMAHook, ModelEMA
 from .launch import launch
+from .predictor import SemSegPredictor, load_weights
 from .trainer import IterationSeedHook, Trainer, write_metrics

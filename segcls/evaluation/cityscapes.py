@@ -5,7 +5,19 @@ through detectron2's ``CityscapesSemSegEvaluator`` (class IoU, instance-level iI
 scores, computed against the raw ``*_gtFine_labelIds.png``/``*_gtFine_instanceIds.png`` of
 ``metadata.gt_dir``). Its results are reported under ``"cityscapes_sem_seg"`` so that both sets of
 numbers can sit side by side.
+
+The official script ends the process (``sys.exit``) on any file it cannot read. So what it needs
+is checked first: without ``*_gtFine_instanceIds.png`` next to the ``*_gtFine_labelIds.png`` it
+runs without the instance-level scores (iIoU reported as NaN, i.e. null in eval/results.json, with a
+warning naming the first missing file), and any other exit it attempts becomes a logged error;
+the ``sem_seg`` results computed before are kept and written either way.
 """
+import contextlib
+import glob
+import io
+import logging
+import os
+
 import numpy as np
 from detectron2.evaluation import CityscapesSemSegEvaluator, DatasetEvaluators
 
@@ -33,7 +45,29 @@ class OfficialCityscapesSemSegEvaluator(CityscapesSemSegEvaluator):
 
         if not hasattr(np, "in1d"):
             cityscapes_eval.np = _NumpyWithIn1d()
-        results = super().evaluate()
+        logger = logging.getLogger(__name__)
+        labels = sorted(glob.glob(os.path.join(self._metadata.gt_dir, "*", "*_gtFine_labelIds.png")))
+        no_instances = [f for f in labels if not os.path.isfile(f.replace("labelIds", "instanceIds"))]
+        if no_instances:
+            logger.warning(
+                f"{len(no_instances)} of {len(labels)} ground-truth files have no instance file (first: "
+                f"'{no_instances[0].replace('labelIds', 'instanceIds')}'): the official evaluation runs "
+                "without the instance-level iIoU scores"
+            )
+        inst_level = cityscapes_eval.args.evalInstLevelScore
+        cityscapes_eval.args.evalInstLevelScore = inst_level and not no_instances
+        printed = io.StringIO()
+        try:
+            with contextlib.redirect_stdout(printed):
+                results = super().evaluate()
+        except SystemExit:
+            logger.error(
+                "the official cityscapesscripts evaluation failed, its results are left out: "
+                + " ".join(line for line in printed.getvalue().splitlines() if "ERROR" in line)
+            )
+            return None
+        finally:
+            cityscapes_eval.args.evalInstLevelScore = inst_level
         return None if results is None else {"cityscapes_sem_seg": results["sem_seg"]}
 
 

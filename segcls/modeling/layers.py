@@ -2,7 +2,7 @@
 from typing import Sequence
 
 import torch
-from detectron2.layers import Conv2d, get_norm
+from detectron2.layers import Conv2d, NaiveSyncBatchNorm, get_norm
 from fvcore.nn import weight_init
 from torch.nn import functional as F
 
@@ -30,3 +30,25 @@ def conv_norm_act(in_channels, out_channels, kernel_size, norm="BN", dilation=1,
     )
     weight_init.c2_msra_fill(conv)
     return conv
+
+
+def cpu_sync_batch_norm(module: torch.nn.Module) -> int:
+    """
+    Replace, in place, every ``nn.SyncBatchNorm`` of ``module`` (``NORM: "SyncBN"``), which only
+    runs on GPUs, by detectron2's ``NaiveSyncBatchNorm``: the same cross-process batch statistics
+    (mean and mean of squares all-reduced over the processes, e.g. gloo CPU processes; plain BN
+    in one process or in eval mode), the same parameters, buffers and state-dict keys. It assumes
+    the same batch size in every process (as segcls's sampler gives) and updates running_var with
+    the biased batch variance (``nn.SyncBatchNorm``: unbiased). Returns the number replaced.
+    """
+    replaced = 0
+    for name, child in list(module.named_children()):
+        if isinstance(child, torch.nn.SyncBatchNorm):
+            naive = NaiveSyncBatchNorm(child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats)
+            naive.load_state_dict(child.state_dict())
+            naive.train(child.training)
+            setattr(module, name, naive.to(next(child.buffers(), torch.empty(0)).device))
+            replaced += 1
+        else:
+            replaced += cpu_sync_batch_norm(child)
+    return replaced

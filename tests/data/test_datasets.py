@@ -2,7 +2,11 @@
 Datasets, preparation scripts and the mapper, on tiny fixtures written in each dataset's exact
 on-disk layout (see datasets/README.md).
 """
+import glob
 import os
+import shutil
+import subprocess
+import tempfile
 
 import numpy as np
 import pytest
@@ -37,7 +41,8 @@ from segcls.data.datasets.pascal_context import (
     PASCAL_CONTEXT_59_DETAIL_IDS,
     convert_pascal_context_59_label,
 )
-from segcls.data.datasets.prepare import PreparationError
+from segcls.data.datasets.prepare import PreparationError, label_writer
+from segcls.utils.io import atomic_write
 from helpers import REPO, load_script
 
 H, W = 24, 32
@@ -543,3 +548,94 @@ def test_unreadable_label_is_named(sample):
         f.write(b"garbage")
     with pytest.raises(LabelError, match=f"cannot read label '{sample['sem_seg_file_name']}'"):
         mapper()(sample, rng=np.random.default_rng(0))
+
+
+# ----------------------------------------------------------------------------- safety (issue 17)
+def test_prepared_files_get_the_umask_mode_and_stale_temp_files_are_removed(tmp_path):
+    """A lab shares one prepared copy: files must be readable by the group/others the umask allows
+    (mkstemp's private 0o600 was kept before), and an interrupted run's temporary files go away."""
+    base = make_ade20k(tmp_path, n=1)
+    out_dir = os.path.join(base, "annotations_detectron2", "training")
+    os.makedirs(out_dir)
+    stale = os.path.join(out_dir, ".ADE_training_00000000.png.k3j_x9q2.tmp")  # what a killed run leaves
+    open(stale, "wb").close()
+    old = os.umask(0o022)
+    try:
+        run_script("prepare_ade20k_sem_seg", tmp_path, "--allow-size-mismatch")
+        os.umask(0o027)
+        with atomic_write(str(tmp_path / "metrics.json"), "w") as f:
+            f.write("{}")
+    finally:
+        os.umask(old)
+    assert os.listdir(out_dir) == ["ADE_training_00000000.png"]
+    assert os.stat(os.path.join(out_dir, "ADE_training_00000000.png")).st_mode & 0o777 == 0o644
+    assert os.stat(tmp_path / "metrics.json").st_mode & 0o777 == 0o640
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="needs root to act as another user")
+def test_prepared_copy_is_readable_by_another_user():
+    shared = tempfile.mkdtemp(prefix="segcls_shared_")
+    try:
+        os.chmod(shared, 0o755)
+        label = os.path.join(shared, "label.png")
+        old = os.umask(0o022)
+        try:
+            label_writer(lambda label: label)(write_and_return(os.path.join(shared, "raw.png")), label)
+        finally:
+            os.umask(old)
+        proc = subprocess.run(["cat", label], user=65534, capture_output=True)  # as "nobody"
+        assert proc.returncode == 0, proc.stderr
+    finally:
+        shutil.rmtree(shared)
+
+
+def write_and_return(path):
+    write_label(path, raw_label([0, 1]))
+    return path
+
+
+def test_ade20k_preparation_range_checks_raw_values(tmp_path):
+    with pytest.raises(ValueError, match=r"unexpected label values \[151, 200\]"):
+        convert_ade20k_label(np.array([[0, 151, 200, 150]], np.uint8))
+    base = make_ade20k(tmp_path, n=1)
+    write_label(os.path.join(base, "annotations", "validation", "ADE_validation_00000000.png"), raw_label([0, 151]))
+    with pytest.raises(PreparationError, match=r"ADE_validation_00000000.png.*unexpected label values \[151\]"):
+        run_script("prepare_ade20k_sem_seg", tmp_path, "--allow-size-mismatch")
+
+
+def _evaluate_cityscapes(root):
+    from detectron2.config import get_cfg
+
+    from segcls.evaluation import build_evaluator
+
+    evaluator = build_evaluator(add_segcls_config(get_cfg()), "cityscapes_fine_sem_seg_val", str(root / "eval"))
+    evaluator.reset()
+    for record in DatasetCatalog.get("cityscapes_fine_sem_seg_val"):
+        gt = torch.from_numpy(read_png(record["sem_seg_file_name"]).astype(np.int64))
+        evaluator.process([record], [{"sem_seg": torch.nn.functional.one_hot(gt.clamp(max=18), 19).permute(2, 0, 1).float()}])
+    return evaluator.evaluate()
+
+
+def test_cityscapes_official_evaluation_never_exits_and_keeps_results(registered):
+    base = make_cityscapes(registered)
+    run_script("prepare_cityscapes_sem_seg", registered, "--allow-size-mismatch")
+    for path in glob.glob(os.path.join(base, "gtFine", "val", "*", "*_instanceIds.png")):
+        os.remove(path)
+    results = _evaluate_cityscapes(registered)  # the official script used to sys.exit here
+    assert results["cityscapes_sem_seg"]["IoU"] == pytest.approx(results["sem_seg"]["mIoU"])
+    assert np.isnan(results["cityscapes_sem_seg"]["iIoU"])
+    label_ids = glob.glob(os.path.join(base, "gtFine", "val", "*", "*_labelIds.png"))[0]
+    with open(label_ids, "wb") as f:  # unreadable for the official script only (it reads labelIds)
+        f.write(b"garbage")
+    results = _evaluate_cityscapes(registered)
+    assert "cityscapes_sem_seg" not in results and results["sem_seg"]["mIoU"] == 100.0
+
+
+def test_exif_rotated_image_with_unrotated_label_is_explained(tmp_path):
+    image, label = str(tmp_path / "a.jpg"), str(tmp_path / "a.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored landscape, displayed (and read by detectron2) rotated to portrait
+    Image.fromarray(np.zeros((H, W, 3), np.uint8)).save(image, exif=exif)
+    write_label(label, raw_label([0, 1]))  # drawn on the stored (unrotated) pixels
+    with pytest.raises(LabelError, match=f"is {W}x{H} \\(WxH\\) but its image is {H}x{W} after applying its EXIF orientation 6"):
+        mapper(is_train=False)({"file_name": image, "sem_seg_file_name": label})

@@ -52,7 +52,7 @@ def test_train_then_evaluate_writes_metrics_and_overlays(tmp_path, tiny_dataset)
     metrics = results[tiny_dataset]["sem_seg"]
     for key in ("mIoU", "pACC", "mACC", "IoU-c0", "IoU-c2"):
         assert 0.0 <= metrics[key] <= 100.0, key
-    written = json.loads((tmp_path / "out" / "eval" / "metrics.json").read_text())
+    written = json.loads((tmp_path / "out" / "eval" / "results.json").read_text())
     assert written[tiny_dataset]["sem_seg"]["mIoU"] == metrics["mIoU"]
     overlays = sorted(os.listdir(tmp_path / "out" / "eval" / tiny_dataset / "overlays"))
     assert len(overlays) == 2 and all(f.endswith(".png") for f in overlays)
@@ -94,7 +94,9 @@ def test_resume_matches_uninterrupted_run(tmp_path, tiny_dataset):
     interrupted.register_hooks([_StopAfter(iteration=3)])
     with pytest.raises(_Interrupted):
         interrupted.train()
-    assert (out / "last_checkpoint").read_text().strip() == "model_0000002.pth"
+    # Since issue 17 the stopped run saves its last completed iteration (it was the periodic
+    # model_0000002.pth here, which holds the same iteration).
+    assert (out / "last_checkpoint").read_text().strip() == "model_0000002_interrupted.pth"
     assert not (out / "model_final.pth").exists()
     resumed = _train(tiny_config(out, train=[tiny_dataset], opts=opts), resume=True)
     assert resumed.start_iter == 3

@@ -9,12 +9,13 @@ from detectron2.modeling import build_model
 from torch.nn import functional as F
 
 import segcls  # noqa: F401  (registers everything)
-from segcls.engine import Trainer, load_config
+from segcls.benchmarks.measure import count_flops
+from segcls.engine import load_config
 from segcls.modeling import PIXEL_LOSS_REGISTRY
 from segcls.modeling.csfrn import AAM, CSFRNHead, class_aware_consistency_loss, class_statistics
 from segcls.modeling.losses import lovasz_grad, lovasz_hinge, lovasz_hinge_flat
 from segcls.modeling.losses.lovasz import LovaszSoftmaxLoss
-from helpers import REPO, TINY_MODEL, ImageToLogits, load_script, tiny_batch, tiny_config
+from helpers import REPO, TINY_MODEL, ImageToLogits, tiny_batch, train_and_test_on_embedded_benchmark
 
 IGNORE = 255
 ROOT = REPO
@@ -372,15 +373,14 @@ def test_inference_cost_is_only_the_embedding_branch_and_aam(aam):
     """CSFRN-on vs off: the extra inference FLOPs are exactly those of CSFLM's 3x3 conv and
     embedding (the margin branch never runs at inference) and of AAM; parameters likewise (plus
     the margin conv, training only)."""
-    tool = load_script("tools/analyze_model.py")
     on = build_tiny(CSFRN + ["MODEL.CSFRN.AAM.ENABLED", str(aam)]).eval()
     off = build_tiny().eval()
     calls = []
     on.decode_head.csflm.margin.register_forward_hook(lambda *a: calls.append(1))
     image = tiny_batch(with_labels=False)[0]["image"]
     with torch.no_grad():
-        f_on = tool.flop_analysis(ImageToLogits(on), image)
-        f_off = tool.flop_analysis(ImageToLogits(off), image)
+        f_on = count_flops(ImageToLogits(on), (image,))
+        f_off = count_flops(ImageToLogits(off), (image,))
         total_on, total_off = f_on.total(), f_off.total()
         by = f_on.by_module()
     dh = "model.decode_head"
@@ -402,23 +402,8 @@ def test_inference_cost_is_only_the_embedding_branch_and_aam(aam):
 
 
 def test_train_and_evaluate_on_the_embedded_benchmark(tmp_path):
-    from segcls.data.datasets.synthetic_context import generate_synthetic_context, register_synthetic_context
-
-    generate_synthetic_context(str(tmp_path), num_train=4, num_val=2, num_val_rare=2, image_size=48)
-    register_synthetic_context(str(tmp_path))
-    cfg = tiny_config(
-        tmp_path / "out",
-        train=["synthetic_context_train"],
-        test=["synthetic_context_val", "synthetic_context_val_rare"],
-        num_classes=11,
-        opts=CSFRN + ["TEST.NUM_OVERLAYS", "0"],
-    )
-    trainer = Trainer(cfg)
-    trainer.resume_or_load(resume=False)
-    trainer.train()
-    results = Trainer.test(cfg, trainer.model)
-    for name in ("synthetic_context_val", "synthetic_context_val_rare"):
-        assert 0.0 <= results[name]["sem_seg"]["mIoU"] <= 100.0
+    _, metrics = train_and_test_on_embedded_benchmark(tmp_path, CSFRN)
+    assert all(0.0 <= m["mIoU"] <= 100.0 for m in metrics.values())
 
 
 def test_synthetic_config_builds():

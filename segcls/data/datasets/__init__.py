@@ -6,9 +6,10 @@ Dataset registration. Every dataset segcls knows is registered under ``$DETECTRO
 from .ade20k import register_ade20k
 from .cityscapes import register_cityscapes
 from .coco_stuff import register_coco_stuff
+from .custom import register_custom_datasets
 from .pascal_context import register_pascal_context_59
 from .synthetic_context import generate_synthetic_context, register_synthetic_context
-from .sem_seg import DatasetNotFoundError, get_datasets_root, load_sem_seg, register_sem_seg
+from .sem_seg import DatasetNotFoundError, check_datasets, get_datasets_root, load_sem_seg, register_sem_seg
 
 
 def register_all(root):

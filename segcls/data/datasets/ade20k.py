@@ -17,7 +17,7 @@ from detectron2.data.datasets.builtin_meta import ADE20K_SEM_SEG_CATEGORIES
 
 from segcls.utils.visualization import default_palette
 
-from .prepare import Step, label_writer, list_files, process_files
+from .prepare import Step, apply_label_table, label_lookup_table, label_writer, list_files, process_files
 from .sem_seg import register_sem_seg
 
 ADE20K_IGNORE_LABEL = 255
@@ -35,23 +35,26 @@ def ade20k_layout_help(dirname):
     )
 
 
-def convert_ade20k_label(label):
-    """ADE20K raw label (H, W) uint8, 0 = other, 1..K -> train IDs: 0 -> 255 (ignore), k -> k - 1."""
+def convert_ade20k_label(label, num_classes=len(ADE20K_SEM_SEG_CATEGORIES)):
+    """ADE20K raw label (H, W) uint8, 0 = other, 1..K -> train IDs: 0 -> 255 (ignore), k -> k - 1.
+    A value above ``num_classes`` (K) raises ValueError listing it, as the other datasets' tables do."""
     label = np.asarray(label)
     if label.ndim != 2:
         raise ValueError(f"ADE20K labels must be 2-D single-channel images, got shape {label.shape}")
-    return (label.astype(np.int16) - 1).astype(np.uint8)  # 0 - 1 wraps to 255
+    table = label_lookup_table({0: ADE20K_IGNORE_LABEL, **{k: k - 1 for k in range(1, num_classes + 1)}})
+    return apply_label_table(label, table)
 
 
-def convert_ade20k_labels(src_dir, dst_dir, progress=None):
+def convert_ade20k_labels(src_dir, dst_dir, progress=None, num_classes=len(ADE20K_SEM_SEG_CATEGORIES)):
     """
-    Convert every ``src_dir/*.png`` to ``dst_dir`` with :func:`convert_ade20k_label`.
+    Convert every ``src_dir/*.png`` to ``dst_dir`` with :func:`convert_ade20k_label` (``num_classes`` K).
 
     Idempotent: files already in ``dst_dir`` are skipped; each file is written atomically, so an
     interrupted run leaves no half-written PNG. Returns the number of files written.
     """
     os.makedirs(dst_dir, exist_ok=True)
-    return process_files(_conversion_jobs(src_dir, dst_dir), label_writer(convert_ade20k_label), progress)
+    write = label_writer(lambda label: convert_ade20k_label(label, num_classes))
+    return process_files(_conversion_jobs(src_dir, dst_dir), write, progress)
 
 
 def _conversion_jobs(src_dir, dst_dir, layout_help=""):

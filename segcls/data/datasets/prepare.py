@@ -20,7 +20,7 @@ from collections import namedtuple
 
 import numpy as np
 
-from segcls.utils.io import atomic_save_image, atomic_write
+from segcls.utils.io import atomic_save_image, atomic_write, remove_stale_temp_files
 
 from ..dataset_mapper import present_values, read_label_image
 from .sem_seg import DatasetNotFoundError, get_datasets_root
@@ -101,11 +101,14 @@ def process_files(jobs, write, progress=None):
     """
     Call ``write(src, dst)`` for every ``(src, dst)`` of ``jobs`` whose ``dst`` does not exist yet
     (``write`` must write atomically, as :func:`label_writer` and :func:`copy_file` do); calls
-    ``progress(done, total)`` after each job. Returns the number of files written.
+    ``progress(done, total)`` after each job. Temporary files of an interrupted earlier run are
+    removed from the destination folders first. Returns the number of files written.
 
     Raises:
         PreparationError: ``write`` failed; the message names ``src`` and the cause.
     """
+    for folder in {os.path.dirname(dst) for _, dst in jobs}:
+        remove_stale_temp_files(folder)
     written = 0
     for i, (src, dst) in enumerate(jobs):
         if not os.path.exists(dst):

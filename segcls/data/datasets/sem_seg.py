@@ -102,3 +102,23 @@ def register_sem_seg(
         ),
     )
     MetadataCatalog.get(name).set(image_root=image_dir, sem_seg_root=label_dir, **metadata)
+
+
+def check_datasets(cfg, names):
+    """
+    Start-up checks of the datasets ``names`` (e.g. ``DATASETS.TRAIN + DATASETS.TEST``), so that
+    a mistake fails before training rather than at the first evaluation: each is registered, its
+    metadata's ``stuff_classes`` has ``MODEL.SEM_SEG_HEAD.NUM_CLASSES`` names, and its files are
+    listed (:func:`load_sem_seg` raises naming an image without its label).
+    """
+    num_classes = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
+    for name in dict.fromkeys(names):
+        if name not in DatasetCatalog.list():
+            raise KeyError(f"dataset '{name}' (in DATASETS.TRAIN/TEST) is not registered; see datasets/README.md")
+        classes = MetadataCatalog.get(name).get("stuff_classes", None)
+        if classes is not None and len(classes) != num_classes:
+            raise ValueError(
+                f"dataset '{name}' has {len(classes)} classes (its metadata's stuff_classes) but "
+                f"MODEL.SEM_SEG_HEAD.NUM_CLASSES is {num_classes}"
+            )
+        DatasetCatalog.get(name)

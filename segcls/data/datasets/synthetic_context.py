@@ -426,7 +426,9 @@ def generate_synthetic_context(
             done += 1
             if progress is not None:
                 progress(done, total)
-        convert_ade20k_labels(raw_dir, os.path.join(base, "annotations_detectron2", folder))
+        convert_ade20k_labels(
+            raw_dir, os.path.join(base, "annotations_detectron2", folder), num_classes=len(SYNTHETIC_CONTEXT_CLASSES)
+        )
         stats[split] = {
             "images": counts[split],
             "objects": sum(sum(row.values()) for row in pairs.values()),

@@ -35,7 +35,10 @@ class ImagePooling(nn.Module):
     size (bilinear upsampling of a 1x1 map, as torchvision's ``ASPPPooling`` does, is exactly this
     broadcast). (N, in_channels, h, w) -> (N, out_channels, h, w).
 
-    With BatchNorm, training needs more than one image per process (as in torchvision/mmseg).
+    The norm sees one value per image and channel: with BN, training needs more than one image
+    per process (as torchvision's); with SyncBN (mmsegmentation's choice and the shipped
+    configs'; on CPU through :func:`~segcls.modeling.layers.cpu_sync_batch_norm`) more than one
+    image over all processes, so one image per process works.
     """
 
     def __init__(self, in_channels: int, out_channels: int, norm: str = "BN"):

@@ -2,7 +2,8 @@
 ECENet as a detectron2 meta-architecture (``MODEL.META_ARCHITECTURE: ECENet``):
 backbone -> :class:`~segcls.modeling.ecenet.decoder.ECENetDecoder` -> (B, N, H/4, W/4) logits,
 trained with :class:`~segcls.modeling.ecenet.criterion.ECENetCriterion` plus pixel losses on the
-fused prediction.
+fused prediction. The defaults (``MODEL.ECENET.*``) are the authors' released head, the
+paper-literal reading is ``segcls.modeling.ecenet.config.PAPER_LITERAL``.
 """
 import math
 from typing import List, Sequence
