@@ -61,11 +61,19 @@ def add_segcls_config(cfg):
     # Output stride of the deepest feature: 8 (res4 dilation 2, res5 dilation 4), 16 (res5
     # dilation 2) or 32 (no dilation). DeepLab, PSPNet and the CAR/CAC papers use 8.
     cfg.MODEL.RESNETS.OUTPUT_STRIDE = 8
-    # "basic": one 7x7 conv (torchvision/detectron2). "deeplab": three 3x3 convs, the "ResNet-D" /
-    # "ResNetV1c" stem of DeepLab, PSPNet and mmsegmentation (STEM_OUT_CHANNELS=128 there).
+    # True: the first block of a dilated stage uses half its dilation (res4 1-2-2..., res5 2-4-4),
+    # as torchvision's replace_stride_with_dilation and mmsegmentation's contract_dilation=True,
+    # whose checkpoints then compute the same features. False: every block of the stage uses its
+    # dilation (segcls's behaviour before this key). Not applied to a res5 with RES5_MULTI_GRID.
+    cfg.MODEL.RESNETS.CONTRACT_DILATION = True
+    # "basic": one 7x7 conv (torchvision/detectron2). "deeplab": three 3x3 convs of
+    # STEM_OUT_CHANNELS/2, /2 and STEM_OUT_CHANNELS channels, the "ResNetV1c" stem of DeepLab,
+    # PSPNet and mmsegmentation (mmseg's stem_channels=64, i.e. 32-32-64: STEM_OUT_CHANNELS 64).
     cfg.MODEL.RESNETS.STEM_TYPE = "basic"
     # Dilation multipliers of the res5 blocks, one per block (DeepLabV3's "multi-grid", e.g.
-    # [1, 2, 4]); [] = off.
+    # [1, 2, 4] at output stride 8 = dilations 4, 8, 16); [] = off. Relative to the stage's
+    # dilation; mmsegmentation's multi_grid is absolute: its g is g / rate here (its (1, 2, 4) at
+    # dilation 4 is [0.25, 0.5, 1]; products must be integers).
     cfg.MODEL.RESNETS.RES5_MULTI_GRID = []
 
     # Decode head and auxiliary head (MODEL.DECODE_HEAD, MODEL.AUX_HEAD; DECODE_HEAD_REGISTRY):
@@ -111,9 +119,10 @@ def add_segcls_config(cfg):
     cfg.INPUT.RATIO_RANGE = [0.5, 2.0]
     # Test-time resize to BASE_SIZE (keep ratio, ratio 1). False = evaluate at the original size.
     cfg.INPUT.TEST_RESIZE = False
-    # Random crop (absolute pixels, [height, width]) with DeepLab's category-area constraint: up to
-    # 10 tries to find a crop whose most frequent category covers at most SINGLE_CATEGORY_MAX_AREA
-    # of its labelled pixels (1.0 = unconstrained).
+    # Random crop (absolute pixels, [height, width]) with DeepLab's category-area constraint, as
+    # mmsegmentation's RandomCrop: up to 10 checked draws for a crop whose most frequent category
+    # covers less than SINGLE_CATEGORY_MAX_AREA of its labelled pixels, then an 11th unchecked
+    # one (1.0 = unconstrained).
     cfg.INPUT.CROP.ENABLED = True
     cfg.INPUT.CROP.TYPE = "absolute"
     cfg.INPUT.CROP.SIZE = [512, 512]
@@ -122,9 +131,9 @@ def add_segcls_config(cfg):
     cfg.INPUT.RANDOM_FLIP = "horizontal"
     # Photometric distortion (brightness, contrast, saturation, hue) as in mmsegmentation/SSD.
     cfg.INPUT.COLOR_AUG_SSD = False
-    # Images and labels are padded (labels with IGNORE_VALUE) to a multiple of this inside the
-    # model (a true divisor of the batch's size); during training they are also padded to the
-    # crop size. -1 = use the backbone's size_divisibility.
+    # Images and labels are padded (normalised images with 0, labels with IGNORE_VALUE, as
+    # mmsegmentation) to a multiple of this inside the model (a true divisor of the batch's size);
+    # during training they are also padded to the crop size. -1 = use the backbone's size_divisibility.
     cfg.INPUT.SIZE_DIVISIBILITY = -1
 
     # Datasets declared in the config, registered in every process (segcls.data.datasets.custom):

@@ -168,3 +168,35 @@ class ImageToLogits(torch.nn.Module):
 
     def forward(self, image):
         return self.model([{"image": image}])[0]["sem_seg"]
+
+
+def randomize(module, seed=0):
+    """Every parameter and BN statistic of ``module`` random, in place (He-scaled conv weights, norm
+    scales around 1, positive variances: activations neither vanish nor explode), for comparisons
+    after weight transfer; returns ``module``."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, t in module.state_dict().items():
+            if not t.dtype.is_floating_point:
+                continue
+            r = torch.randn(t.shape, generator=g, dtype=t.dtype)
+            if "running_var" in name:
+                r = torch.rand(t.shape, generator=g, dtype=t.dtype) * 0.5 + 0.75
+            elif t.dim() > 1:
+                r = r * (2.0 / t[0].numel()) ** 0.5
+            elif name.endswith("weight"):
+                r = 1 + 0.2 * r
+            else:
+                r = 0.1 * r
+            t.copy_(r)
+    return module
+
+
+def float64_segmentor(opts, num_classes):
+    """A segcls model in float64 and eval mode on identity normalisation (PIXEL_MEAN 0, PIXEL_STD 1:
+    its input is the tensor a peer model gets)."""
+    from detectron2.modeling import build_model
+
+    base = ["MODEL.DEVICE", "cpu", "MODEL.SEM_SEG_HEAD.NUM_CLASSES", num_classes,
+            "MODEL.PIXEL_MEAN", "[0.0, 0.0, 0.0]", "MODEL.PIXEL_STD", "[1.0, 1.0, 1.0]"]  # fmt: skip
+    return build_model(load_config(opts=base + list(opts))).double().eval()

@@ -152,21 +152,27 @@ def _category_counts(crop, ignore_value):
 
 def random_crop_box(label, crop_size, cat_max_ratio, ignore_value, rng, max_tries=10):
     """
-    Pick a crop (y0, x0, h, w) of at most ``crop_size`` = (h, w); with ``cat_max_ratio < 1``
-    retry (up to ``max_tries``, like mmsegmentation and detectron2's DeepLab) until the most
-    frequent category covers less than ``cat_max_ratio`` of the crop's labelled pixels and more
-    than one category is present (else the last try is kept).
+    Pick a crop (y0, x0, h, w) of at most ``crop_size`` = (h, w), as mmsegmentation's
+    ``RandomCrop``: with ``cat_max_ratio < 1`` a crop is accepted when more than one category is
+    present and the most frequent one covers less than ``cat_max_ratio`` of the crop's labelled
+    pixels; up to ``max_tries`` crops are checked, each rejected one replaced by a new draw, so
+    after ``max_tries`` rejections the result is an (``max_tries`` + 1)-th, unchecked draw. With a
+    fraction ``p`` of acceptable positions the result is acceptable with probability
+    ``1 - (1 - p) ** (max_tries + 1)``.
     """
     height, width = label.shape
     ch, cw = min(crop_size[0], height), min(crop_size[1], width)
-    for _ in range(max_tries):
-        y0 = int(rng.integers(0, height - ch + 1))
-        x0 = int(rng.integers(0, width - cw + 1))
-        if cat_max_ratio >= 1.0:
-            break
-        counts = _category_counts(label[y0 : y0 + ch, x0 : x0 + cw], ignore_value)
-        if len(counts) > 1 and counts.max() / counts.sum() < cat_max_ratio:
-            break
+
+    def draw():
+        return int(rng.integers(0, height - ch + 1)), int(rng.integers(0, width - cw + 1))
+
+    y0, x0 = draw()
+    if cat_max_ratio < 1.0:
+        for _ in range(max_tries):
+            counts = _category_counts(label[y0 : y0 + ch, x0 : x0 + cw], ignore_value)
+            if len(counts) > 1 and counts.max() / counts.sum() < cat_max_ratio:
+                break
+            y0, x0 = draw()
     return y0, x0, ch, cw
 
 
@@ -209,13 +215,17 @@ def photometric_distortion(image, rng, bgr=False):
 class SemSegDatasetMapper:
     """
     Training: random keep-ratio rescale, random crop with the category-area constraint, horizontal
-    flip, optional photometric distortion, padding to the crop size (image 0, label ignore).
+    flip, optional photometric distortion, padding to the crop size (label: the ignore value;
+    image: any value, with ``"valid_size"`` = (h, w) of the unpadded image, outside of which
+    :class:`~segcls.modeling.meta_arch.preprocess.SemSegPreprocessor` sets the *normalised* image
+    to 0, as mmsegmentation's ``SegDataPreProcessor`` pads after normalising).
     Testing: optional keep-ratio resize to ``base_size``; the label (if any) is kept at the
     original size. ``"height"``/``"width"`` are always the original size, so predictions are
     returned at the label's resolution.
 
     Output dict: ``"image"`` (3, H, W) uint8 tensor in ``image_format``, ``"sem_seg"`` (H, W) long
-    tensor (when the record has a label), ``"height"``, ``"width"``, plus the record's fields.
+    tensor (when the record has a label), ``"height"``, ``"width"``, ``"valid_size"`` (training,
+    when padded), plus the record's fields.
     """
 
     @configurable
@@ -281,7 +291,9 @@ class SemSegDatasetMapper:
         if self.is_train:
             if label is None:
                 raise ValueError(f"training record for '{dataset_dict['file_name']}' has no 'sem_seg_file_name'")
-            image, label = self._augment(image, label, rng)
+            image, label, valid_size = self._augment(image, label, rng)
+            if valid_size != image.shape[:2]:
+                dataset_dict["valid_size"] = valid_size
             dataset_dict["height"], dataset_dict["width"] = height, width
             dataset_dict["image"] = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
         else:
@@ -316,9 +328,10 @@ class SemSegDatasetMapper:
             image, label = image[:, ::-1], label[:, ::-1]
         if self.color_aug:
             image = photometric_distortion(np.ascontiguousarray(image), rng, bgr=self.image_format == "BGR")
+        valid_size = image.shape[:2]
         if self.crop_size:
             ph, pw = self.crop_size[0] - image.shape[0], self.crop_size[1] - image.shape[1]
             if ph > 0 or pw > 0:
                 image = np.pad(image, ((0, max(ph, 0)), (0, max(pw, 0)), (0, 0)), constant_values=0)
                 label = np.pad(label, ((0, max(ph, 0)), (0, max(pw, 0))), constant_values=self.ignore_value)
-        return image, label
+        return image, label, valid_size

@@ -401,10 +401,27 @@ def test_mapper_output_shapes_and_ignore_padding(sample):
     assert out["image"].shape == (3, 40, 48) and out["image"].dtype == torch.uint8
     assert out["sem_seg"].shape == (40, 48) and out["sem_seg"].dtype == torch.long
     assert (out["sem_seg"][H:] == 255).all() and (out["sem_seg"][:, W:] == 255).all()
-    assert (out["image"][:, H:] == 0).all() and (out["image"][:, :, W:] == 0).all()
-    assert (out["height"], out["width"]) == (H, W)
+    assert out["valid_size"] == (H, W) and (out["height"], out["width"]) == (H, W)
     out = mapper()(sample, rng=np.random.default_rng(0))
-    assert out["image"].shape == (3, 16, 16) and out["sem_seg"].shape == (16, 16)
+    assert out["image"].shape == (3, 16, 16) and out["sem_seg"].shape == (16, 16) and "valid_size" not in out
+
+
+def test_padding_is_zero_after_normalisation_as_mmseg(sample):
+    """mmseg's SegDataPreProcessor normalises, then pads images with 0 and labels with 255: a
+    padded pixel is 0 in the normalised image (not (0 - mean) / std)."""
+    from segcls.modeling.meta_arch.preprocess import SemSegPreprocessor
+
+    out = mapper(crop_size=[40, 48], flip=False)(sample, rng=np.random.default_rng(0))
+    mean, std = [123.675, 116.28, 103.53], [58.395, 57.12, 57.375]
+    pre = SemSegPreprocessor(pixel_mean=mean, pixel_std=std, ignore_value=255, size_divisibility=32)
+    images, labels = pre([out])
+    assert images.tensor.shape == (1, 3, 64, 64) and labels.shape == (1, 64, 64)
+    expected = torch.zeros(3, 64, 64, dtype=torch.float64)  # direct: normalise the content, pad 0
+    content = out["image"][:, :H, :W].double()
+    expected[:, :H, :W] = (content - torch.tensor(mean, dtype=torch.float64).view(3, 1, 1)) / torch.tensor(
+        std, dtype=torch.float64).view(3, 1, 1)  # fmt: skip
+    torch.testing.assert_close(images.tensor[0].double(), expected, rtol=0, atol=1e-5)
+    assert (labels[0, H:] == 255).all() and (labels[0, :, W:] == 255).all() and (labels[0, :H, :W] != 255).any()
 
 
 def test_mapper_rescale_follows_base_size(sample):
@@ -453,15 +470,28 @@ def test_crop_category_ratio_rule():
     # class 0, 4 ignored and 2 of class 1 are accepted.
     rng = ScriptedRng([only_class_0, class_0_and_ignore, balanced])
     assert random_crop_box(label, (8, 8), 0.75, 255, rng) == (0, 18, 8, 8)
-    # No acceptable crop in 10 tries: the 10th is kept.
-    rng = ScriptedRng([only_class_0] * 9 + [class_0_and_ignore])
+    # No acceptable crop in 10 checked tries: an 11th draw is kept unchecked (mmsegmentation's
+    # RandomCrop; before issue 14 segcls kept the 10th).
+    rng = ScriptedRng([only_class_0] * 10 + [class_0_and_ignore])
     assert random_crop_box(label, (8, 8), 0.75, 255, rng) == (0, 16, 8, 8)
+    assert not rng.values
     # cat_max_ratio 1.0: no constraint, the first try is kept.
     assert random_crop_box(label, (8, 8), 1.0, 255, ScriptedRng([only_class_0])) == (0, 0, 8, 8)
     # A crop with only ignored pixels is rejected too.
     label = np.full((8, 32), 255, np.uint8)
     label[:, :4], label[:, 4:8] = 0, 1
     assert random_crop_box(label, (8, 8), 0.75, 255, ScriptedRng([(0, 24), (0, 0)])) == (0, 0, 8, 8)
+
+
+def test_crop_ends_on_an_acceptable_crop_with_mmsegs_probability():
+    # 1x2 crops of [0 0 0 0 0 1]: of the 5 positions only x0=4 has two categories, p = 1/5. mmseg
+    # checks 10 draws and keeps an 11th: P(acceptable) = 1 - 0.8 ** 11 = 0.914 (10 draws: 0.893).
+    label = np.array([[0, 0, 0, 0, 0, 1]], np.uint8)
+    rng = np.random.default_rng(0)
+    n = 20000
+    hits = sum(random_crop_box(label, (1, 2), 0.75, 255, rng)[1] == 4 for _ in range(n))
+    sigma = (0.914 * 0.086 / n) ** 0.5
+    assert abs(hits / n - (1 - 0.8**11)) < 4 * sigma < abs((1 - 0.8**10) - (1 - 0.8**11))
 
 
 def test_crop_accepts_when_largest_category_below_ratio():

@@ -432,3 +432,41 @@ def test_layer_decay_off_keeps_the_default_groups():
     model = _Segmentor(TimmBackbone("convnext_atto"))
     cfg = load_config(opts=["SOLVER.BASE_LR", 0.01, "SOLVER.WEIGHT_DECAY", 0.1])
     assert sorted((g["lr"], g["weight_decay"]) for g in get_param_groups(cfg, model)) == [(0.01, 0.0), (0.01, 0.1)]
+
+
+# ------------------------------------------------------------------------------------------------
+# Per-stage output norms (MODEL.TIMM.OUT_NORM, issue 14)
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name, kwargs, eps", [("convnext_atto", {}, 1e-6), ("swin_tiny_patch4_window7_224", TINY_SWIN, 1e-5)])
+def test_out_norm_is_a_layer_norm_over_channels_and_loads_from_norm_i(tmp_path, name, kwargs, eps):
+    full = timm.create_model(name, **kwargs)
+    # an mmseg/official segmentation-backbone file: the trunk + norm0..norm3 (random affine)
+    channels = TimmBackbone(name, model_kwargs=kwargs).output_shape()
+    norms = {f"norm{i}.{p}": torch.randn(channels[r].channels) for i, r in enumerate(RES) for p in ("weight", "bias")}
+    path = str(tmp_path / "seg_backbone.pth")
+    torch.save({"state_dict": {"backbone." + k: v for k, v in {**full.state_dict(), **norms}.items()}}, path)
+    plain = TimmBackbone(name, model_kwargs=kwargs, weights=path).double().eval()  # norms unused
+    loaded = TimmBackbone(name, model_kwargs=kwargs, out_norm=True, weights=path).double().eval()
+    assert set(loaded.state_dict()) - set(plain.state_dict()) == {
+        f"out_norms.{r}.{p}" for r in RES for p in ("weight", "bias")
+    }
+    x = torch.randn(1, 3, 64, 64, dtype=torch.float64)
+    with torch.no_grad():
+        ref, got = plain(x), loaded(x)
+    for i, r in enumerate(RES):  # direct formula: normalise each pixel's channel vector
+        f = ref[r]
+        mean, var = f.mean(1, keepdim=True), f.var(1, unbiased=False, keepdim=True)
+        w, b = (norms[f"norm{i}.{p}"].double().view(1, -1, 1, 1) for p in ("weight", "bias"))
+        torch.testing.assert_close(got[r], (f - mean) / torch.sqrt(var + eps) * w + b, rtol=0, atol=1e-10)
+    assert loaded.stage_ids()["out_norms.res2.weight"] == 1 and loaded.stage_ids()["out_norms.res5.bias"] == 4
+
+
+def test_out_norm_from_a_classification_checkpoint_keeps_init_and_partial_norms_fail(tmp_path):
+    full = timm.create_model("convnext_atto")
+    path = str(tmp_path / "cls.pth")
+    torch.save(full.state_dict(), path)
+    backbone = TimmBackbone("convnext_atto", out_norm=True, weights=path)
+    assert torch.equal(backbone.out_norms.res3.weight, torch.ones(80))
+    torch.save({**full.state_dict(), "norm0.weight": torch.ones(40), "norm0.bias": torch.zeros(40)}, path)
+    with pytest.raises(ValueError, match=r"lacks the output norms \['res3.bias'"):
+        TimmBackbone("convnext_atto", out_norm=True, weights=path)

@@ -25,8 +25,12 @@ import make_reference_checkpoints as reference  # noqa: E402
 REFERENCE = torch.load(os.path.join(DATA, "reference_checkpoints.pth"), weights_only=False)
 # Defaults that changed on purpose since the reference was written, and the keys that restore the
 # old behaviour: CAC's static/oracle cross-entropies follow the released code's align_corners=True;
-# ECENet's defaults are the authors' released head (issue 16), the reference is its paper-literal reading.
+# ECENet's defaults are the authors' released head (issue 16), the reference is its paper-literal reading;
+# the first block of a dilated ResNet stage now uses half the stage's dilation, as torchvision and
+# mmsegmentation do (issue 14; same parameters, other features), so every case restores the old
+# all-blocks dilation.
 RESTORE_OLD_DEFAULTS = {"cac": ["MODEL.CAC.SIDE_LOSS_ALIGN_CORNERS", "False"], "ecenet": paper_literal_opts()}
+RESTORE_OLD_DEFAULTS_ALL = ["MODEL.RESNETS.CONTRACT_DILATION", "False"]
 # Decode heads added after the reference was written: no earlier checkpoint of them exists
 # (CSFRNHead wraps the covered heads; tests/test_csfrn.py tests it).
 NEWER_THAN_REFERENCE = {"CSFRNHead"}
@@ -36,7 +40,7 @@ NEWER_THAN_REFERENCE = {"CSFRNHead"}
 def test_old_checkpoint_loads_and_computes_the_same(name):
     case = REFERENCE["cases"][name]
     # The case's own options come last: they override the restored defaults (ECENet's SE_RATIO 2).
-    model = build_model(load_config(opts=RESTORE_OLD_DEFAULTS.get(name, []) + case["opts"]))
+    model = build_model(load_config(opts=RESTORE_OLD_DEFAULTS_ALL + RESTORE_OLD_DEFAULTS.get(name, []) + case["opts"]))
     result = model.load_state_dict(reference.state_dict(REFERENCE, name), strict=True)
     assert not result.missing_keys and not result.unexpected_keys
     outputs, losses = reference.run(model, REFERENCE["inputs"])

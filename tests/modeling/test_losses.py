@@ -127,6 +127,25 @@ def test_ohem_threshold_selects_hard_pixels():
     assert ohem.item() > ce.item() + 0.1
 
 
+@pytest.mark.parametrize("min_kept", [0, 5, 1000])
+@pytest.mark.parametrize("normalization", ["kept", "valid", "all"])
+def test_ohem_released_threshold_rule_and_normalizations_match_loop(min_kept, normalization):
+    """selection "threshold": p < max(thresh, p_sorted[min(m, n - 1)]) (HRNet-OCR, mmseg 1.2.2);
+    "valid"/"all" divide the kept pixels' loss sum by the valid / all pixels (mmseg's sampler)."""
+    logits, targets = random_batch(4)
+    px = pixels(logits, targets)
+    probs = sorted(p[y] for _, p, y in px)
+    threshold = max(0.3, probs[min(min_kept * N, len(probs) - 1)])
+    kept = [-math.log(p[y]) for _, p, y in px if p[y] < threshold]
+    z = {"kept": len(kept), "valid": len(px), "all": N * H * W}[normalization]
+    loss = OhemCrossEntropyLoss(
+        ignore_value=IGNORE, thresh=0.3, min_kept=min_kept, selection="threshold", normalization=normalization
+    )(logits, targets)
+    assert loss.item() == pytest.approx(sum(kept) / z, rel=1e-10)
+    if min_kept == 1000:  # m >= n_valid: the released rule drops the most confident pixel
+        assert len(kept) == len(px) - 1
+
+
 # --------------------------------------------------------------------------- dice
 @pytest.mark.parametrize("smooth,exponent", [(1.0, 2.0), (0.0, 1.0), (0.5, 2.0)])
 def test_dice_matches_loop(smooth, exponent):
@@ -142,6 +161,48 @@ def test_dice_matches_loop(smooth, exponent):
     expected = sum(values) / len(values)
     loss = DiceLoss(ignore_value=IGNORE, smooth=smooth, exponent=exponent)(logits, targets)
     assert loss.item() == pytest.approx(expected, rel=1e-10)
+
+
+@pytest.mark.parametrize("activation", ["sigmoid", "softmax"])
+def test_dice_mmseg_1x_variant_matches_loop(activation):
+    """mmseg 1.2.2's DiceLoss: per image, classes and pixels pooled, eps 1e-3 added to both sums
+    of squares; ignored pixels have an all-zero one-hot but keep their prediction."""
+    logits, targets = random_batch(7)
+    values = []
+    for n in range(N):
+        a = b = c = 0.0
+        for i in range(H):
+            for j in range(W):
+                y = int(targets[n, i, j])
+                z = [float(v) for v in logits[n, :, i, j]]
+                if activation == "sigmoid":
+                    p = [1 / (1 + math.exp(-v)) for v in z]
+                else:
+                    p = [math.exp(v) / sum(math.exp(u) for u in z) for v in z]
+                for k in range(K):
+                    g = 1.0 if y == k else 0.0
+                    a, b, c = a + p[k] * g, b + p[k] ** 2, c + g * g
+        values.append(1 - 2 * a / ((b + 1e-3) + (c + 1e-3)))
+    loss = DiceLoss(ignore_value=IGNORE, variant="mmseg", activation=activation, eps=1e-3)(logits, targets)
+    assert loss.item() == pytest.approx(sum(values) / N, rel=1e-10)
+
+
+@pytest.mark.parametrize("class_weights", [None, [0.5, 1.0, 2.0, 3.0]])
+def test_sigmoid_focal_matches_loop(class_weights):
+    logits, targets = random_batch(8)
+    gamma, alpha, total = 2.0, 0.25, 0.0
+    for n in range(N):
+        for i in range(H):
+            for j in range(W):
+                y = int(targets[n, i, j])
+                if y == IGNORE:
+                    continue
+                for k in range(K):
+                    s = 1 / (1 + math.exp(-float(logits[n, k, i, j])))
+                    pt, at = (s, alpha) if y == k else (1 - s, 1 - alpha)
+                    total += -at * (1 - pt) ** gamma * math.log(pt) * (class_weights[k] if class_weights else 1.0)
+    loss = FocalLoss(ignore_value=IGNORE, class_weights=class_weights, gamma=gamma, variant="sigmoid", alpha=alpha)
+    assert loss(logits, targets).item() == pytest.approx(total / (N * H * W * K), rel=1e-10)
 
 
 # --------------------------------------------------------------------------- Lovasz

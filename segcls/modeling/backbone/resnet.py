@@ -8,20 +8,27 @@ Dilated ResNets as detectron2 backbones, for semantic segmentation.
 - the standard 7x7 stem (``STEM_TYPE: basic``) or DeepLab's three-3x3 stem (``deeplab``, the
   "ResNet-D/V1c" stem of DeepLab, PSPNet and mmsegmentation);
 - output stride 8 (res4 dilation 2, res5 dilation 4), 16 (res5 dilation 2) or 32: a dilated stage
-  keeps the resolution of the stage before it (stride 1) and dilates every 3x3 conv by its rate,
-  times ``RES5_MULTI_GRID`` in res5 (DeepLabV3's multi-grid).
+  keeps the resolution of the stage before it (stride 1) and dilates its 3x3 convs by its rate.
+  ``CONTRACT_DILATION`` True (default): the first block of a dilated stage uses half the rate
+  (res4: 1, 2, 2, ...; res5: 2, 4, 4), the convention of torchvision's
+  ``replace_stride_with_dilation`` (the first block keeps the previous stage's dilation) and of
+  mmsegmentation's ``contract_dilation=True`` (its ResNetV1c configs), so that their checkpoints
+  compute the same features. False: every block uses the stage's rate (segcls before this option).
+- ``RES5_MULTI_GRID`` (DeepLabV3's multi-grid, Sec. 3.2 of Chen et al. 2017): res5 block ``i`` uses
+  the stage rate *times* ``grid[i]`` (``[1, 2, 4]`` at output stride 8 = dilations 4, 8, 16), with
+  no contraction of the first block. mmsegmentation's ``multi_grid`` is absolute instead (block
+  ``i`` uses ``multi_grid[i]``): mmseg's ``g`` is ``RES5_MULTI_GRID = g / rate`` here, e.g. its
+  ``(4, 8, 16)`` at dilation 4 is ``[1, 2, 4]`` and its ``(1, 2, 4)`` is ``[0.25, 0.5, 1]`` (the
+  products must be integers).
 
 Outputs are named ``res2``..``res5``; ``output_shape()`` reports each one's true stride
 (so a dilated res5 reports stride 8) and channels.
 
 The backbone is a :class:`DilatedResNet`: detectron2's ``ResNet`` (same modules, same parameter
-names) that loads a local torchvision or detectron2-named checkpoint with
+names) that loads a local torchvision, open-mmlab or detectron2-named checkpoint with
 :meth:`DilatedResNet.load_pretrained`.
 """
-import re
-from typing import Dict
 
-import torch
 import torch.nn.functional as F
 from detectron2.layers import CNNBlockBase, Conv2d, ShapeSpec, get_norm
 from detectron2.modeling import BACKBONE_REGISTRY
@@ -29,6 +36,7 @@ from detectron2.modeling.backbone.resnet import BasicStem, BottleneckBlock, ResN
 from detectron2.projects.deeplab.resnet import DeepLabStem
 from fvcore.nn import weight_init
 
+from ...converters.convert import resnet_name
 from .weights import load_checked_state_dict, read_state_dict
 
 # Dilation of (res4, res5) for each supported output stride.
@@ -81,34 +89,36 @@ class DilatedBasicBlock(CNNBlockBase):
         return F.relu_(out + shortcut)
 
 
-def torchvision_to_detectron2_resnet(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    """torchvision ResNet names -> detectron2 ResNet names: conv1/bn1 -> stem.conv1(.norm),
-    layerX.Y.convZ/bnZ -> res{X+1}.Y.convZ(.norm), layerX.Y.downsample.0/1 ->
-    res{X+1}.Y.shortcut(.norm). Other names (fc.*) are kept and end up unused."""
-    converted = {}
-    for name, tensor in state_dict.items():
-        name = re.sub(r"^conv1\.", "stem.conv1.", name)
-        name = re.sub(r"^bn1\.", "stem.conv1.norm.", name)
-        name = re.sub(r"^layer(\d)\.", lambda m: f"res{int(m.group(1)) + 1}.", name)
-        name = re.sub(r"\.bn(\d)\.", r".conv\1.norm.", name)
-        name = name.replace(".downsample.0.", ".shortcut.").replace(".downsample.1.", ".shortcut.norm.")
-        converted[name] = tensor
-    return converted
-
-
 class DilatedResNet(ResNet):
     """detectron2's :class:`ResNet` (modules and parameter names unchanged) with its own loader of
     pretrained weights."""
 
     def load_pretrained(self, path: str, key: str = "weights"):
         """Load the local checkpoint ``path`` (see :func:`read_state_dict`; ``key`` names the option
-        that gave it, for the errors): torchvision ResNet names are mapped to detectron2's
-        (:func:`torchvision_to_detectron2_resnet`), detectron2 names are loaded as they are; the
-        classifier (fc.*) is skipped; shapes are checked (:func:`load_checked_state_dict`)."""
+        that gave it, for the errors): torchvision and open-mmlab (ResNetV1c stem ``stem.0..7``)
+        ResNet names are mapped to detectron2's (:func:`segcls.converters.resnet_name`),
+        detectron2 names are loaded as they are; the classifier (fc.*) is skipped; shapes are
+        checked (:func:`load_checked_state_dict`). Returns the keys left unloaded."""
         state_dict = read_state_dict(path, key)
         if "layer1.0.conv1.weight" in state_dict:
-            state_dict = torchvision_to_detectron2_resnet(state_dict)
-        load_checked_state_dict(self, state_dict, path, "detectron2 ResNet", skipped=("fc.weight", "fc.bias"))
+            state_dict = {resnet_name(k) or k: v for k, v in state_dict.items()}
+        return load_checked_state_dict(self, state_dict, path, "detectron2 ResNet", skipped=("fc.weight", "fc.bias"))
+
+
+def _block_dilations(dilation, num_blocks, multi_grid, contract):
+    """Dilation of each block of a stage of rate ``dilation`` (see the module docstring):
+    ``dilation * multi_grid[i]`` when a multi-grid is given; else ``dilation`` for every block,
+    the first one using ``dilation // 2`` when ``contract`` and ``dilation > 1``."""
+    if multi_grid:
+        dilations = [dilation * g for g in multi_grid]
+        if any(d != int(d) or d < 1 for d in dilations):
+            raise ValueError(
+                f"MODEL.RESNETS.RES5_MULTI_GRID={list(multi_grid)}: times the res5 rate {dilation} it gives "
+                f"dilations {dilations}; expected positive integers"
+            )
+        return [int(d) for d in dilations]
+    first = dilation // 2 if contract and dilation > 1 else dilation
+    return [first] + [dilation] * (num_blocks - 1)
 
 
 @BACKBONE_REGISTRY.register()
@@ -148,8 +158,9 @@ def build_resnet_dilated_backbone(cfg, input_shape: ShapeSpec):
             "out_channels": out_channels,
             "norm": norm,
         }
-        grid = r.RES5_MULTI_GRID if idx == 3 and r.RES5_MULTI_GRID else [1] * num_blocks
-        stage_kargs["dilation_per_block"] = [dilation * g for g in grid]
+        stage_kargs["dilation_per_block"] = _block_dilations(
+            dilation, num_blocks, r.RES5_MULTI_GRID if idx == 3 else [], r.CONTRACT_DILATION
+        )
         if depth >= 50:
             stage_kargs.update(
                 block_class=BottleneckBlock,

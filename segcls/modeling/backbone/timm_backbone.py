@@ -37,10 +37,20 @@ Norms, frozen stages
     stage k ends with the module that produces timm's k-th stride-4..32 feature (for HRNet,
     HRNet's own stages: layer1, transition1 + stage2, transition2 + stage3, transition3 + stage4).
 
+Per-stage output norms
+    ``MODEL.TIMM.OUT_NORM`` adds a LayerNorm over the channels of every output level
+    (``out_norms.res2`` ..), as the segmentation backbones of the official UperNet-Swin /
+    UperNet-ConvNeXt releases, mmsegmentation (``norm0`` .. ``norm3``) and HF
+    (``hidden_states_norms``) have: eps 1e-6 for ConvNeXt (its ``LayerNorm(channels_first)``),
+    1e-5 otherwise (``nn.LayerNorm``, Swin). Loaded from those checkpoints' ``norm<i>`` /
+    ``hidden_states_norms.stage<i+1>`` tensors (``load_pretrained``) or a converted checkpoint.
+
 Weights
     ``MODEL.TIMM.WEIGHTS``: a local timm, torchvision or official checkpoint, see
     :meth:`TimmBackbone.load_pretrained`. Nothing is downloaded.
 """
+import logging
+import re
 import sys
 from typing import Dict, List, Optional, Sequence
 
@@ -54,6 +64,8 @@ from timm.layers import convert_sync_batchnorm, freeze_batch_norm_2d
 from timm.models.swin_transformer import SwinTransformerBlock, window_partition, window_reverse
 
 from .weights import load_checked_state_dict, read_state_dict
+
+logger = logging.getLogger(__name__)
 
 _LEVEL_NAMES = {4: "res2", 8: "res3", 16: "res4", 32: "res5"}
 _HRNET_STAGE_MODULES = ("layer1", "stage2", "stage3", "stage4")
@@ -85,6 +97,11 @@ def add_timm_backbone_config(cfg):
     # It sizes their patch grid / position tables; Swin's outputs do not depend on it (see the
     # module docstring), set it to the training crop size.
     cfg.MODEL.TIMM.IMG_SIZE = [512, 512]
+    # A LayerNorm over the channels of each output level (module docstring, "Per-stage output
+    # norms"), as the official / mmsegmentation / HF UperNet-Swin and UperNet-ConvNeXt backbones.
+    # False (default) = the timm features as they are; the UperNet-Swin configs of the CAR/CAC
+    # papers set True.
+    cfg.MODEL.TIMM.OUT_NORM = False
     # Local pretrained checkpoint (.pth/.pt/.bin or .safetensors: timm, torchvision or the official
     # release; "module."/"backbone."/"model." prefixes are stripped, official Swin/ConvNeXt names
     # converted by timm). "" = random initialisation. A converted detectron2 checkpoint
@@ -134,6 +151,7 @@ class TimmBackbone(Backbone):
         freeze_at: int = 0,
         weights: str = "",
         align_corners: bool = False,
+        out_norm: bool = False,
         model_kwargs: Optional[dict] = None,
     ):
         """
@@ -213,6 +231,14 @@ class TimmBackbone(Backbone):
             self._out_feature_strides["hrnetv2"] = self._out_feature_strides["res2"]
             self._out_feature_channels["hrnetv2"] = sum(channels[i] for i in levels.values())
         self._size_divisibility = max(nominal[i] for i in out_indices) if output_stride == 32 else output_stride
+        # Stage of each level's output norm (1 = the first stride-4..32 level), for stage_ids().
+        self._level_stage = {_LEVEL_NAMES[nominal[i]]: k + 1 for k, i in enumerate(sorted(levels.values()))}
+        self.out_norms = None
+        if out_norm:
+            eps = 1e-6 if family.endswith(".convnext") else 1e-5
+            self.out_norms = torch.nn.ModuleDict(
+                {name: torch.nn.LayerNorm(channels[i], eps=eps) for name, i in zip(self._level_names, out_indices)}
+            )
 
         if weights:
             self.load_pretrained(weights)
@@ -247,7 +273,11 @@ class TimmBackbone(Backbone):
 
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         features = self.model(x)
-        if self._nhwc:
+        if self.out_norms is not None:  # LayerNorm over channels, on NHWC
+            features = [f if self._nhwc else f.permute(0, 2, 3, 1) for f in features]
+            features = [self.out_norms[n](f) for n, f in zip(self._level_names, features)]
+            features = [f.permute(0, 3, 1, 2).contiguous() for f in features]
+        elif self._nhwc:
             features = [f.permute(0, 3, 1, 2).contiguous() for f in features]
         outputs = dict(zip(self._level_names, features))
         if "hrnetv2" in self._out_features:
@@ -275,10 +305,14 @@ class TimmBackbone(Backbone):
             inside = [i for i, n in enumerate(names) if n.startswith((module_name + ".", flat + "."))]
             if inside:  # the modules after the last requested level are not built
                 spans.append((inside[0], inside[-1]))
-        return {
+        ids = {
             "model." + name: 0 if i < spans[0][0] else min(1 + sum(i > end for _, end in spans), len(spans))
             for i, name in enumerate(names)
         }
+        if self.out_norms is not None:
+            for name, _ in self.out_norms.named_parameters():
+                ids["out_norms." + name] = self._level_stage[name.split(".")[0]]
+        return ids
 
     def freeze(self, freeze_at: int = 0):
         """Freeze the stem (``freeze_at`` >= 1) and stages 1 .. freeze_at - 1: no gradient, and
@@ -307,20 +341,21 @@ class TimmBackbone(Backbone):
         "module."/"backbone."/"model." are stripped. The classifier and other parts outside the
         feature extractor are skipped (logged); missing and unexpected keys are logged; an absent
         file, shape mismatches (the first ones named) or a file sharing no key with the model
-        raise.
+        raise. The per-stage output norms (``OUT_NORM``) are read from the file's ``norm<i>.*``
+        (official / mmsegmentation segmentation backbones, level i = 0..3) or
+        ``hidden_states_norms.stage<i+1>.*`` (HF) tensors; a file without any (an ImageNet
+        classification checkpoint) leaves them at their init (weight 1, bias 0), as training from
+        ImageNet weights does in mmsegmentation; a file with only some of them is an error.
+        Without ``OUT_NORM`` they are reported as unused. Returns the trunk's keys (``model.*``)
+        the file left unloaded.
         """
-        model_name, kwargs = self._create_args
+        model_name, _ = self._create_args
         state_dict = read_state_dict(path, key)
-        with torch.device("meta"):
-            full = timm.create_model(model_name, **{k: v for k, v in kwargs.items() if k != "feature_location"})
+        self._load_out_norms(state_dict, path)
+        full = self._full_model()
         full_keys = set(full.state_dict())
-        # features_only name -> full-model name (FeatureListNet flattens "stages.0" to "stages_0").
-        to_full = {}
-        for key in self.model.state_dict():
-            head, _, rest = key.partition(".")
-            candidate = key if key in full_keys else ".".join(head.rsplit("_", 1)) + "." + rest
-            to_full[key] = candidate
-        to_features = {v: k for k, v in to_full.items()}
+        to_features = self.full_to_features_names()
+        to_full = {v: k for k, v in to_features.items()}
         state_dict = {to_full.get(k, k): v for k, v in state_dict.items()}
         filter_fn = getattr(sys.modules[type(full).__module__], "checkpoint_filter_fn", None)
         if filter_fn is not None:  # converts official releases (Swin, ConvNeXt, ...) to timm's names
@@ -333,7 +368,46 @@ class TimmBackbone(Backbone):
                 ) from e
         outside = {k for k in state_dict if k in full_keys and k not in to_features}
         state_dict = {to_features.get(k, k): v for k, v in state_dict.items()}
-        load_checked_state_dict(self.model, state_dict, path, f"timm {model_name} (features_only)", skipped=outside)
+        missing = load_checked_state_dict(self.model, state_dict, path, f"timm {model_name} (features_only)", skipped=outside)
+        return ["model." + k for k in missing]
+
+
+    def _full_model(self):
+        """The full (classification) timm model of this backbone, on the meta device."""
+        model_name, kwargs = self._create_args
+        with torch.device("meta"):
+            return timm.create_model(model_name, **{k: v for k, v in kwargs.items() if k != "feature_location"})
+
+    def full_to_features_names(self) -> Dict[str, str]:
+        """{full timm model name: ``self.model`` (features_only) name} of every trunk tensor
+        (FeatureListNet flattens "stages.0" to "stages_0")."""
+        full_keys = set(self._full_model().state_dict())
+        mapping = {}
+        for key in self.model.state_dict():
+            head, _, rest = key.partition(".")
+            mapping[key if key in full_keys else ".".join(head.rsplit("_", 1)) + "." + rest] = key
+        return mapping
+
+    def _load_out_norms(self, state_dict: Dict[str, torch.Tensor], path: str):
+        """Move the output-norm tensors of a segmentation-backbone file out of ``state_dict``
+        (in place) into ``out_norms`` (see :meth:`load_pretrained`)."""
+        if self.out_norms is None:
+            return
+        level_names = [n for n, _ in sorted(self._level_stage.items(), key=lambda kv: kv[1])]
+        found = {}
+        for name in list(state_dict):
+            match = re.fullmatch(r"(?:norm(\d)|hidden_states_norms\.stage(\d))\.(weight|bias)", name)
+            if match:
+                level = int(match.group(1)) if match.group(1) is not None else int(match.group(2)) - 1
+                found[f"{level_names[level]}.{match.group(3)}"] = state_dict.pop(name)
+        found = {k: v for k, v in found.items() if k.split(".")[0] in self.out_norms}
+        if not found:  # an ImageNet classification checkpoint: the norms start fresh, as in mmseg's training
+            logger.info(f"'{path}' has no per-stage output norms: MODEL.TIMM.OUT_NORM's LayerNorms keep their init")
+            return
+        load_checked_state_dict(self.out_norms, found, path, "the per-stage output norms")
+        missing = sorted(set(self.out_norms.state_dict()) - set(found))
+        if missing:
+            raise ValueError(f"'{path}' lacks the output norms {missing} (MODEL.TIMM.OUT_NORM=True)")
 
 
 @BACKBONE_REGISTRY.register()
@@ -351,4 +425,5 @@ def build_timm_backbone(cfg, input_shape: ShapeSpec):
         freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT,
         weights=t.WEIGHTS,
         align_corners=cfg.MODEL.ALIGN_CORNERS,
+        out_norm=t.OUT_NORM,
     )

@@ -72,6 +72,8 @@ def load_checked_state_dict(
     parameters/buffers. ``skipped``: keys expected to be unused (e.g. a classifier), logged at
     INFO; other unused keys and the module's keys absent from the file are logged as warnings.
     Raises ``ValueError`` when no key matches or when shapes differ (the first 5 named).
+    Returns the module's keys the file left unloaded (``num_batches_tracked`` excepted), so that
+    callers can refuse a partial load (``tools/convert_pretrained.py`` does unless asked).
     """
     target = module.state_dict()
     matched = {k: v for k, v in state_dict.items() if k in target}
@@ -104,19 +106,21 @@ def load_checked_state_dict(
         logger.warning(f"Loading '{path}' into {description}: {get_unexpected_parameters_message(unexpected)}")
     if unused:
         logger.info(f"Loading '{path}' into {description}: skipped {len(unused)} tensors outside it, e.g. {unused[:3]}")
+    return missing
 
 
 def load_backbone_weights(backbone: torch.nn.Module, path: str, key: str = "weights"):
     """Load the local checkpoint ``path`` into a segcls backbone through its own
     ``load_pretrained(path, key)`` (which maps the file's names to its parameters and loads them
-    with :func:`load_checked_state_dict`). ``key`` names the option that gave ``path``."""
+    with :func:`load_checked_state_dict`). ``key`` names the option that gave ``path``. Returns
+    the backbone's keys left unloaded (a list; empty when the file covered everything)."""
     load_pretrained = getattr(backbone, "load_pretrained", None)
     if load_pretrained is None:
         raise TypeError(
             f"cannot load weights into a {type(backbone).__name__}: expected TimmBackbone or detectron2's ResNet "
             "(segcls's DilatedResNet), or another backbone with a load_pretrained(path, key) method"
         )
-    load_pretrained(path, key)
+    return list(load_pretrained(path, key) or [])
 
 
 def detectron2_checkpoint(backbone: torch.nn.Module, author: str) -> dict:

@@ -42,6 +42,9 @@ def declare_aspp_keys(aspp):
       ``"sum"`` (KSAC's "sum everything, no projection" option): elementwise sum of all branches.
     - ``DROPOUT``: dropout after the projection of ``"concat_project"``. Default 0.1 (the
       authors' DeepLab code, keep probability 0.9); torchvision's DeepLabV3 uses 0.5.
+    - ``PROJECT_KERNEL``: kernel of that projection conv: 1 (default; DeepLabV3 Sec. 3.3,
+      torchvision) or 3 (mmsegmentation's ``bottleneck`` of ``ASPPHead`` /
+      ``DepthwiseSeparableASPPHead``, used with ``DROPOUT: 0.0``).
     - ``SEPARABLE``: depthwise-separable atrous branches and decoder convs (DeepLabV3+
       Sec. 3.2, mmsegmentation's ``DepthwiseSeparableASPPHead``). Default False. Not with KSAC.
     """
@@ -50,6 +53,7 @@ def declare_aspp_keys(aspp):
     aspp.MERGE = "concat_project"
     aspp.DROPOUT = 0.1
     aspp.SEPARABLE = False
+    aspp.PROJECT_KERNEL = 1
 
 
 @head_keys("DEEPLABV3PLUS", used_by=("DeepLabV3PlusHead",))
@@ -62,10 +66,16 @@ def declare_deeplabv3plus_keys(dlv3p):
       (48, DeepLabV3+ Sec. 4.1).
     - ``NUM_CONVS``: 3x3 convs after the concatenation, the last one being the head's
       last block (2, DeepLabV3+ Sec. 4.1).
+    - ``SEPARABLE_LAST_CONV``: with ``ASPP.SEPARABLE``, make the last of them (the
+      :class:`HeadTail` conv) depthwise-separable too. Default False (a plain 3x3 conv, as CAR's
+      change "A" expects). True with ``ASPP.PROJECT_KERNEL: 3`` and ``ASPP.DROPOUT: 0.0`` is
+      mmsegmentation's ``DepthwiseSeparableASPPHead`` (17,765,126 parameters with the classifier
+      at 2048 -> 512 channels, 150 classes, checked against mmsegmentation 1.2.2).
     """
     dlv3p.ENCODER = "ASPP"
     dlv3p.LOW_LEVEL_CHANNELS = 48
     dlv3p.NUM_CONVS = 2
+    dlv3p.SEPARABLE_LAST_CONV = False
 
 
 class SharedAtrousConv(nn.Module):
@@ -105,7 +115,10 @@ class ASPP(nn.Module):
     3x3 conv-norm-ReLU per rate, dilation = padding = rate; KSAC: :class:`SharedAtrousConv`, whose
     output is already the sum over rates); the image-level branch (:class:`ImagePooling`).
     They are merged by ``merge`` (see :func:`declare_aspp_keys`): ``"concat_project"``: concatenation ->
-    1x1 conv-norm-ReLU -> dropout; ``"concat"``: concatenation; ``"sum"``: elementwise sum.
+    ``project_kernel`` x ``project_kernel`` conv-norm-ReLU -> dropout; ``"concat"``: concatenation;
+    ``"sum"``: elementwise sum. The concatenation order is [1x1, atrous..., image pooling]
+    (mmsegmentation: [image pooling, 1x1, atrous...]; the converters in
+    :mod:`segcls.checkpoint.convert` permute the projection's input channels).
 
     (N, in_channels, h, w) -> (N, out_channels, h, w), ``out_channels`` = ``channels`` except for
     ``"concat"`` (``channels`` x number of branches).
@@ -123,6 +136,7 @@ class ASPP(nn.Module):
         separable: bool = False,
         merge: str = "concat_project",
         dropout: float = 0.1,
+        project_kernel: int = 1,
     ):
         super().__init__()
         if merge not in _MERGES:
@@ -131,6 +145,8 @@ class ASPP(nn.Module):
             raise ValueError(f"ASPP.RATES={list(rates)}: expected a non-empty list of positive rates")
         if shared_kernel and separable:
             raise ValueError("ASPP.SEPARABLE=True cannot be combined with KSAC's shared kernel")
+        if project_kernel not in (1, 3):
+            raise ValueError(f"ASPP.PROJECT_KERNEL={project_kernel}: expected 1 (DeepLabV3) or 3 (mmsegmentation)")
         self.conv1x1 = conv_norm_act(in_channels, channels, 1, norm)
         if shared_kernel:
             self.atrous = nn.ModuleList([SharedAtrousConv(in_channels, channels, rates, norm)])
@@ -143,7 +159,7 @@ class ASPP(nn.Module):
         self.project = None
         if merge == "concat_project":
             self.project = nn.Sequential(
-                conv_norm_act(num_branches * channels, channels, 1, norm),
+                conv_norm_act(num_branches * channels, channels, project_kernel, norm),
                 nn.Dropout(dropout) if dropout > 0 else nn.Identity(),
             )
         self.out_channels = num_branches * channels if merge == "concat" else channels
@@ -170,6 +186,7 @@ class ASPP(nn.Module):
             separable=node.ASPP.SEPARABLE,
             merge=node.ASPP.MERGE,
             dropout=node.ASPP.DROPOUT,
+            project_kernel=node.ASPP.PROJECT_KERNEL,
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -239,8 +256,10 @@ class DeepLabV3PlusHead(DecodeHead):
     feature ``IN_FEATURES[0]`` (stride 4, ``res2``) -> 1x1 conv-norm-ReLU to
     ``LOW_LEVEL_CHANNELS`` (48); the encoder output upsampled bilinearly to its size and concatenated;
     ``NUM_CONVS`` 3x3 conv-norm-ReLU to CHANNELS, the last of which is the :class:`HeadTail`
-    (``ASPP.SEPARABLE`` makes the others depthwise-separable; the tail stays a plain conv so that
-    CAR's change "A" and projection work as on every head).
+    (``ASPP.SEPARABLE`` makes the others depthwise-separable; the tail stays a plain conv, so that
+    CAR's change "A" and projection work as on every head, unless ``SEPARABLE_LAST_CONV``).
+    mmsegmentation's ``DepthwiseSeparableASPPHead``: ``ASPP.SEPARABLE``, ``ASPP.PROJECT_KERNEL: 3``,
+    ``ASPP.DROPOUT: 0.0``, ``DEEPLABV3PLUS.SEPARABLE_LAST_CONV`` (see :func:`declare_deeplabv3plus_keys`).
 
     Output: the pixel feature ``(N, CHANNELS, H/4, W/4)`` at the low-level feature's stride.
     """
@@ -283,6 +302,8 @@ class DeepLabV3PlusHead(DecodeHead):
         num_convs = node.DEEPLABV3PLUS.NUM_CONVS
         if num_convs < 1:
             raise ValueError(f"{prefix}.DEEPLABV3PLUS.NUM_CONVS={num_convs}: expected >= 1")
+        if node.DEEPLABV3PLUS.SEPARABLE_LAST_CONV and not node.ASPP.SEPARABLE:
+            raise ValueError(f"{prefix}.DEEPLABV3PLUS.SEPARABLE_LAST_CONV=True needs {prefix}.ASPP.SEPARABLE=True")
         low, high = input_feature(node, input_shape, 0), input_feature(node, input_shape)
         aspp = ASPP.from_node(node, high["in_channels"], high["in_stride"], encoders[node.DEEPLABV3PLUS.ENCODER])
         low_channels = node.DEEPLABV3PLUS.LOW_LEVEL_CHANNELS
@@ -297,7 +318,9 @@ class DeepLabV3PlusHead(DecodeHead):
             "aspp": aspp,
             "low_project": conv_norm_act(low["in_channels"], low_channels, 1, node.NORM),
             "convs": nn.Sequential(*convs),
-            "tail": HeadTail.from_node(node, concat_channels if num_convs == 1 else ch),
+            "tail": HeadTail.from_node(
+                node, concat_channels if num_convs == 1 else ch, separable=node.DEEPLABV3PLUS.SEPARABLE_LAST_CONV
+            ),
             "align_corners": cfg.MODEL.ALIGN_CORNERS,
         }
 

@@ -23,12 +23,31 @@ def add_pixel_loss_config(cfg):
     # HRNet-OCR and mmsegmentation).
     loss.OHEM_THRESH = 0.7
     loss.OHEM_MIN_KEPT = 100000
+    # Which pixels OhemCrossEntropyLoss keeps: "count" (those below OHEM_THRESH, or the
+    # min(OHEM_MIN_KEPT * N, n_valid) hardest) or "threshold" (the released HRNet-OCR / mmseg
+    # 1.2.2 rule p < max(thresh, p_sorted[min(OHEM_MIN_KEPT * N, n_valid - 1)])).
+    loss.OHEM_SELECTION = "count"
+    # What the kept pixels' loss sum is divided by: "kept" (their number, HRNet-OCR's released
+    # code), "valid" (the non-ignored pixels: mmseg's OHEMPixelSampler with avg_non_ignore=True)
+    # or "all" (every label pixel: mmseg's default avg_non_ignore=False).
+    loss.OHEM_NORMALIZATION = "kept"
     # FocalLoss: focusing parameter gamma of FL = -(1 - p_t)^gamma log p_t (2 in the focal-loss paper).
     loss.FOCAL_GAMMA = 2.0
-    # DiceLoss: 1 - (2 sum p g + SMOOTH) / (sum p^EXPONENT + sum g^EXPONENT + SMOOTH) per image
-    # and class (mmsegmentation's defaults).
+    # FocalLoss form: "softmax" (p_t = softmax probability of the true class; = kornia) or
+    # "sigmoid" (one-vs-all per class, mmsegmentation's FocalLoss(use_sigmoid=True), with
+    # alpha_t = FOCAL_ALPHA for the true class and 1 - FOCAL_ALPHA for the others; mmseg: 0.5).
+    loss.FOCAL_VARIANT = "softmax"
+    loss.FOCAL_ALPHA = 0.5
+    # DiceLoss, DICE_VARIANT "per_class": 1 - (2 sum p g + SMOOTH) / (sum p^EXPONENT + sum g^EXPONENT
+    # + SMOOTH) per image and class over the valid pixels (mmsegmentation 0.x's formula and
+    # defaults); "mmseg": mmsegmentation 1.2.2's DiceLoss, classes pooled per image,
+    # 1 - 2 sum p g / (sum p^2 + DICE_EPS + sum g^2 + DICE_EPS). DICE_ACTIVATION: "softmax" or
+    # "sigmoid" (mmseg 1.2.2's default).
     loss.DICE_SMOOTH = 1.0
     loss.DICE_EXPONENT = 2.0
+    loss.DICE_VARIANT = "per_class"
+    loss.DICE_ACTIVATION = "softmax"
+    loss.DICE_EPS = 1e-3
     # LovaszSoftmaxLoss: average over the classes "present" in the labels or over "all" classes;
     # PER_IMAGE computes it per image and averages (False pools the batch, the reference default).
     loss.LOVASZ_CLASSES = "present"

@@ -50,19 +50,38 @@ class OhemTopKCrossEntropyLoss(CrossEntropyLoss):
         return self.reduce(losses, targets, keep)
 
 
+OHEM_SELECTIONS = ("count", "threshold")
+OHEM_NORMALIZATIONS = ("kept", "valid", "all")
+
+
 @PIXEL_LOSS_REGISTRY.register()
 class OhemCrossEntropyLoss(CrossEntropyLoss):
     """
     The threshold / min-kept form used by OCNet/OCR (``OhemCrossEntropy``), mmsegmentation's
-    ``OHEMPixelSampler`` and CSFRN (Table 6): keep the valid pixels whose predicted probability of
-    their ground-truth class is below ``thresh``; if fewer than ``min_kept * N`` (N = batch size,
-    mmsegmentation's per-image count) are below it, keep the ``min_kept * N`` lowest-probability
-    valid pixels instead (all of them if there are fewer). The loss is the cross-entropy averaged
-    over the kept pixels (class-weighted as :class:`CrossEntropyLoss`).
+    ``OHEMPixelSampler`` and CSFRN (Table 6). With ``p_i`` the predicted probability of pixel
+    ``i``'s ground-truth class and ``m = min_kept * N`` (N = batch size, mmsegmentation's per-image
+    count), the kept pixels are (``selection``, ``MODEL.LOSS.OHEM_SELECTION``):
 
-    Equal to the released code (which keeps ``p < max(thresh, p_sorted[min_kept])``) except for
-    ties at that boundary and when ``min_kept`` exceeds the valid-pixel count (the released code
-    then drops the most confident pixel).
+    - ``"count"`` (default): the valid pixels with ``p_i < thresh``, or, if fewer than ``m``, the
+      ``min(m, n_valid)`` lowest-probability valid pixels;
+    - ``"threshold"``: the released code's rule (HRNet-OCR ``OhemCrossEntropy``, mmsegmentation
+      1.2.2 ``OHEMPixelSampler``): ``p_i < max(thresh, p_sorted[min(m, n_valid - 1)])``. It
+      equals ``"count"`` except for ties at the boundary and when ``m >= n_valid`` (it then
+      drops the most confident pixel(s)).
+
+    The loss (``normalization``, ``MODEL.LOSS.OHEM_NORMALIZATION``) is ``sum_kept w_{y_i} l_i / Z``
+    with ``Z`` =
+
+    - ``"kept"`` (default): ``sum_kept w_{y_i}``, the (class-weighted) mean over the kept pixels,
+      as HRNet-OCR's released ``OhemCrossEntropy``;
+    - ``"valid"``: the number of valid pixels (mmsegmentation's ``OHEMPixelSampler`` with
+      ``CrossEntropyLoss(avg_non_ignore=True)``: the sampler's 0/1 weights, averaged over the
+      non-ignored pixels);
+    - ``"all"``: the number of label pixels N*H*W (mmsegmentation's default
+      ``avg_non_ignore=False``).
+
+    With few kept pixels "kept" is several times "valid"/"all". ``MODEL.LOSS.CE_NORMALIZATION``
+    does not apply here.
 
     logits: (N, K, H, W); targets: (N, H, W) long. Returns a scalar (0 if every pixel is ignored).
     """
@@ -70,8 +89,23 @@ class OhemCrossEntropyLoss(CrossEntropyLoss):
     name = "ohem"
 
     @configurable
-    def __init__(self, *, ignore_value: int = 255, class_weights=None, normalization: str = "valid", thresh: float = 0.7, min_kept: int = 100000):
-        super().__init__(ignore_value=ignore_value, class_weights=class_weights, normalization=normalization)
+    def __init__(
+        self,
+        *,
+        ignore_value: int = 255,
+        class_weights=None,
+        normalization: str = "kept",
+        thresh: float = 0.7,
+        min_kept: int = 100000,
+        selection: str = "count",
+    ):
+        if normalization not in OHEM_NORMALIZATIONS:
+            raise ValueError(f"MODEL.LOSS.OHEM_NORMALIZATION={normalization!r}: expected one of {list(OHEM_NORMALIZATIONS)}")
+        if selection not in OHEM_SELECTIONS:
+            raise ValueError(f"MODEL.LOSS.OHEM_SELECTION={selection!r}: expected one of {list(OHEM_SELECTIONS)}")
+        super().__init__(ignore_value=ignore_value, class_weights=class_weights, normalization="valid")
+        self.ohem_normalization = normalization
+        self.selection = selection
         if not 0.0 < thresh <= 1.0:
             raise ValueError(f"MODEL.LOSS.OHEM_THRESH={thresh}: must be in (0, 1]")
         if min_kept < 0:
@@ -83,8 +117,10 @@ class OhemCrossEntropyLoss(CrossEntropyLoss):
     def from_config(cls, cfg, ignore_value):
         return {
             **super().from_config(cfg, ignore_value),
+            "normalization": cfg.MODEL.LOSS.OHEM_NORMALIZATION,
             "thresh": cfg.MODEL.LOSS.OHEM_THRESH,
             "min_kept": cfg.MODEL.LOSS.OHEM_MIN_KEPT,
+            "selection": cfg.MODEL.LOSS.OHEM_SELECTION,
         }
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -93,9 +129,21 @@ class OhemCrossEntropyLoss(CrossEntropyLoss):
         with torch.no_grad():
             # Probability of the ground-truth class: p_y = exp(-CE).
             prob = torch.exp(-losses[valid].float())
-            num_keep = max(int((prob < self.thresh).sum()), min(self.min_kept * targets.shape[0], prob.numel()))
-            selected = torch.zeros_like(prob, dtype=torch.bool)
-            selected[prob.argsort()[:num_keep]] = True
+            batch_kept = self.min_kept * targets.shape[0]
+            if self.selection == "threshold":
+                sorted_prob = prob.sort().values
+                boundary = sorted_prob[min(batch_kept, prob.numel() - 1)] if prob.numel() else 0.0
+                selected = prob < max(float(boundary), self.thresh)
+            else:
+                num_keep = max(int((prob < self.thresh).sum()), min(batch_kept, prob.numel()))
+                selected = torch.zeros_like(prob, dtype=torch.bool)
+                selected[prob.argsort()[:num_keep]] = True
             keep = torch.zeros_like(valid)
             keep[valid] = selected
-        return self.reduce(losses, targets, keep)
+        if self.ohem_normalization == "kept":
+            return self.reduce(losses, targets, keep)
+        weights = keep.to(losses.dtype)
+        if self.class_weights is not None:
+            weights = weights * self.class_weights.to(losses.dtype)[targets.masked_fill(~keep, 0)]
+        total = (losses * weights).sum()
+        return total / max(int(valid.sum()) if self.ohem_normalization == "valid" else targets.numel(), 1)

@@ -1,0 +1,535 @@
+"""
+Whole-model and backbone converters: a peer library's state dict -> segcls parameter names, and
+the guard that every tensor the target expects was mapped.
+
+Source layouts (:func:`detect_layout`):
+
+- ``"torchvision_segmentation"``: torchvision's ``fcn_resnet50/101`` and
+  ``deeplabv3_resnet50/101`` (``backbone.layerX``, ``classifier.*``, ``aux_classifier.*``);
+- ``"mmseg"``: an mmsegmentation 1.x segmentor (``backbone.*``, ``decode_head.conv_seg``,
+  ``auxiliary_head.*``) with a ResNetV1c backbone and an FCN, PSP, ASPP (DeepLabV3),
+  depthwise-separable ASPP (DeepLabV3+), UPerNet, Non-local, CCNet or DANet head, or OCRNet's
+  cascade (``decode_head.0`` FCN, ``decode_head.1`` OCR); or a Swin backbone (target:
+  ``build_timm_backbone`` with the same Swin and ``MODEL.TIMM.OUT_NORM``) with UPerNet;
+- ``"hf_upernet"``: HF ``UperNetForSemanticSegmentation`` with a ConvNeXt backbone
+  (``backbone.embeddings``, ``backbone.encoder.stages``, ``backbone.hidden_states_norms``; target:
+  ``build_timm_backbone`` with the same ConvNeXt, ``MODEL.TIMM.OUT_NORM``, ``UPerHead`` and an
+  FCN auxiliary head on res4);
+- ``"torchvision_resnet"`` / ``"openmmlab_resnet"``: ImageNet ResNet backbones (torchvision's
+  ``conv1``/``layerX`` names; open-mmlab's ResNetV1c with the 3-conv stem ``stem.0..7``);
+- ``"segcls"``: names that already are segcls's (e.g. a segcls or detectron2 checkpoint).
+
+The target is a built segcls model (``PerPixelSegmentor``); backbone layouts fill
+``backbone.*`` only. :func:`convert_state_dict` returns the mapped tensors and checks them
+(:func:`check_mapping`): a tensor the target expects and the file does not provide, or one of
+another shape, is an error naming them unless ``allow_partial``.
+
+Known layout differences handled here: mmseg's ASPP concatenates [image pool, 1x1, atrous...],
+segcls [1x1, atrous..., image pool] (the fusing conv's input-channel blocks are permuted);
+mmseg's ConvModule ``X.conv`` / ``X.bn`` are segcls's ``Y`` / ``Y.norm``; mmcv's ``Scale`` gammas
+are 0-d, segcls's (1,).
+"""
+import logging
+import re
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+_BN = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+LAYOUTS = ("torchvision_segmentation", "mmseg", "hf_upernet", "torchvision_resnet", "openmmlab_resnet", "segcls")
+
+
+class ConversionError(ValueError):
+    """A checkpoint does not fit the target model (unmapped or mis-shaped tensors); names them."""
+
+
+@dataclass
+class Conversion:
+    """Result of :func:`convert_state_dict`: ``tensors`` ({segcls name: tensor}), the ``layout``
+    read, ``scope`` ("model" or "backbone": the part of the target it fills), the source names it
+    did not use, and the target names left unmapped (non-empty only with ``allow_partial``)."""
+
+    tensors: Dict[str, torch.Tensor]
+    layout: str
+    scope: str
+    unused: List[str] = field(default_factory=list)
+    unmapped: List[str] = field(default_factory=list)
+
+
+class _Mapping:
+    """Collects target <- source tensors, remembering which source names were used."""
+
+    def __init__(self, source: Dict[str, torch.Tensor]):
+        self.source = source
+        self.out: Dict[str, torch.Tensor] = {}
+        self.used = set()
+
+    def take(self, dst: str, src: str, transform: Optional[Callable] = None) -> bool:
+        if src not in self.source:
+            return False
+        tensor = self.source[src]
+        self.out[dst] = transform(tensor) if transform is not None else tensor
+        self.used.add(src)
+        return True
+
+    def conv_bn(self, dst: str, src_conv: str, src_bn: str, transform: Optional[Callable] = None):
+        """A conv (``src_conv``.weight/.bias) + BN (``src_bn``.*) -> segcls ``dst`` / ``dst.norm``."""
+        self.take(dst + ".weight", src_conv + ".weight", transform)
+        self.take(dst + ".bias", src_conv + ".bias")
+        for s in _BN:
+            self.take(f"{dst}.norm.{s}", f"{src_bn}.{s}")
+
+    def conv_module(self, dst: str, src: str, transform: Optional[Callable] = None, bn: str = "bn"):
+        """mmcv's ``ConvModule`` (``src.conv``, ``src.bn``; HF's ``UperNetConvModule``: ``bn`` =
+        "batch_norm") -> segcls ``conv_norm_act`` ``dst``."""
+        self.conv_bn(dst, src + ".conv", f"{src}.{bn}", transform)
+
+    def separable(self, dst: str, src: str):
+        """mmcv's ``DepthwiseSeparableConvModule`` -> segcls ``separable_conv_norm_act``."""
+        self.conv_module(dst + ".0", src + ".depthwise_conv")
+        self.conv_module(dst + ".1", src + ".pointwise_conv")
+
+    def linear(self, dst: str, src: str):
+        """A plain conv with bias (a classifier): ``src.weight/bias`` -> ``dst.weight/bias``."""
+        self.take(dst + ".weight", src + ".weight")
+        self.take(dst + ".bias", src + ".bias")
+
+
+# ------------------------------------------------------------------------------------------------
+# Layout detection
+# ------------------------------------------------------------------------------------------------
+def detect_layout(state: Dict[str, torch.Tensor], target_keys) -> str:
+    """The source layout of ``state`` (one of :data:`LAYOUTS`), from its names."""
+    keys = set(state)
+    if "decode_head.conv_seg.weight" in keys or "decode_head.1.conv_seg.weight" in keys:  # (cascade: OCRNet)
+        return "mmseg"
+    if "decode_head.classifier.weight" in keys and "decode_head.fpn_bottleneck.conv.weight" in keys:
+        return "hf_upernet"
+    if any(k.startswith("backbone.layer1.") for k in keys) and any(k.startswith("classifier.") for k in keys):
+        return "torchvision_segmentation"
+    stripped = {_strip(k) for k in keys}
+    if "stem.0.weight" in stripped and "layer1.0.conv1.weight" in stripped:
+        return "openmmlab_resnet"
+    if "layer1.0.conv1.weight" in stripped:
+        return "torchvision_resnet"
+    if keys & set(target_keys):
+        return "segcls"
+    raise ConversionError(
+        f"unknown checkpoint layout: none of {sorted(keys)[:4]}... is a name of a known layout "
+        f"({', '.join(LAYOUTS)}) or of the target model"
+    )
+
+
+def _strip(name: str) -> str:
+    while name.startswith(("module.", "backbone.")):
+        name = name.split(".", 1)[1]
+    return name
+
+
+# ------------------------------------------------------------------------------------------------
+# ResNet backbones
+# ------------------------------------------------------------------------------------------------
+_OPENMMLAB_STEM = {"0": ("conv1", "conv"), "1": ("conv1", "norm"), "3": ("conv2", "conv"), "4": ("conv2", "norm"),
+                   "6": ("conv3", "conv"), "7": ("conv3", "norm")}  # fmt: skip
+
+
+def resnet_name(name: str) -> Optional[str]:
+    """torchvision / open-mmlab ResNet name -> detectron2 ResNet name (None for other names, e.g.
+    ``fc.*``): conv1/bn1 -> stem.conv1(.norm); stem.{0,1,3,4,6,7} (open-mmlab's V1c stem) ->
+    stem.conv{1,2,3}(.norm); layerX.Y.convZ/bnZ -> res{X+1}.Y.convZ(.norm); downsample.0/1 ->
+    shortcut(.norm)."""
+    m = re.fullmatch(r"stem\.(\d)\.(\w+)", name)
+    if m:
+        if m.group(1) not in _OPENMMLAB_STEM:
+            return None
+        conv, part = _OPENMMLAB_STEM[m.group(1)]
+        return f"stem.{conv}.{m.group(2)}" if part == "conv" else f"stem.{conv}.norm.{m.group(2)}"
+    m = re.fullmatch(r"(conv1|bn1)\.(\w+)", name)
+    if m:
+        return f"stem.conv1.{m.group(2)}" if m.group(1) == "conv1" else f"stem.conv1.norm.{m.group(2)}"
+    m = re.fullmatch(r"layer(\d)\.(\d+)\.(.+)", name)
+    if not m:
+        return None
+    rest = m.group(3)
+    rest = re.sub(r"^bn(\d)\.", r"conv\1.norm.", rest)
+    rest = re.sub(r"^downsample\.0\.", "shortcut.", rest)
+    rest = re.sub(r"^downsample\.1\.", "shortcut.norm.", rest)
+    return f"res{int(m.group(1)) + 1}.{m.group(2)}.{rest}"
+
+
+def _map_resnet(mapping: _Mapping, src_prefix: str, dst_prefix: str):
+    for src in list(mapping.source):
+        if src.startswith(src_prefix):
+            dst = resnet_name(src[len(src_prefix):])
+            if dst is not None:
+                mapping.take(dst_prefix + dst, src)
+
+
+# ------------------------------------------------------------------------------------------------
+# torchvision segmentation models
+# ------------------------------------------------------------------------------------------------
+def _map_torchvision_head(mapping: _Mapping, src: str, head: str, classifier: str):
+    """torchvision's ``FCNHead`` / ``DeepLabHead`` Sequential ``src`` -> segcls ``head`` + ``classifier``."""
+    if f"{src}.0.convs.0.0.weight" in mapping.source:  # DeepLabHead: ASPP, conv, BN, ReLU, conv
+        aspp = f"{src}.0"
+        mapping.conv_bn(f"{head}.aspp.conv1x1", f"{aspp}.convs.0.0", f"{aspp}.convs.0.1")
+        # convs: 0 = 1x1, 1..R = atrous (conv, BN, ReLU), R + 1 = pooling (pool, conv, BN, ReLU)
+        pool = sum(1 for k in mapping.source if re.fullmatch(rf"{re.escape(aspp)}\.convs\.\d+\.0\.weight", k))
+        for i in range(1, pool):
+            mapping.conv_bn(f"{head}.aspp.atrous.{i - 1}", f"{aspp}.convs.{i}.0", f"{aspp}.convs.{i}.1")
+        mapping.conv_bn(f"{head}.aspp.image_pool.conv", f"{aspp}.convs.{pool}.1", f"{aspp}.convs.{pool}.2")
+        mapping.conv_bn(f"{head}.aspp.project.0", f"{aspp}.project.0", f"{aspp}.project.1")
+        mapping.conv_bn(f"{head}.tail.conv", f"{src}.1", f"{src}.2")
+    else:  # FCNHead: conv, BN, ReLU, dropout, conv
+        mapping.conv_bn(f"{head}.tail.conv", f"{src}.0", f"{src}.1")
+    mapping.linear(f"{classifier}.conv", f"{src}.4")
+
+
+def _convert_torchvision_segmentation(mapping: _Mapping, model):
+    _map_resnet(mapping, "backbone.", "backbone.")
+    _map_torchvision_head(mapping, "classifier", "decode_head", "classifier")
+    if any(k.startswith("aux_classifier.") for k in mapping.source):
+        _map_torchvision_head(mapping, "aux_classifier", "aux_head", "aux_classifier")
+
+
+# ------------------------------------------------------------------------------------------------
+# mmsegmentation segmentors
+# ------------------------------------------------------------------------------------------------
+def _aspp_order(num_branches: int):
+    """mmseg's ASPP concatenation [pool, 1x1, atrous...] -> segcls's [1x1, atrous..., pool]: a
+    transform of the fusing conv's weight (C_out, num_branches * C, k, k) permuting its input blocks."""
+
+    def permute(weight):
+        blocks = weight.chunk(num_branches, dim=1)
+        return torch.cat(list(blocks[1:]) + [blocks[0]], dim=1)
+
+    return permute
+
+
+def _mmseg_ppm(mapping: _Mapping, src: str, dst: str, bn: str = "bn"):
+    i = 0
+    while f"{src}.{i}.1.conv.weight" in mapping.source:
+        mapping.conv_module(f"{dst}.branches.{i}", f"{src}.{i}.1", bn=bn)
+        i += 1
+
+
+def _uper_head(mapping: _Mapping, head_module, src: str, dst: str, bn: str = "bn"):
+    """mmseg's / HF's ``UPerHead`` (same names but the norm's) -> segcls ``UPerHead``."""
+    _mmseg_ppm(mapping, f"{src}.psp_modules", f"{dst}.ppm", bn)
+    mapping.conv_module(f"{dst}.ppm_bottleneck", f"{src}.bottleneck", bn=bn)
+    for i in range(len(head_module.laterals)):
+        mapping.conv_module(f"{dst}.laterals.{i}", f"{src}.lateral_convs.{i}", bn=bn)
+        mapping.conv_module(f"{dst}.fpn_convs.{i}", f"{src}.fpn_convs.{i}", bn=bn)
+    mapping.conv_module(f"{dst}.tail.conv", f"{src}.fpn_bottleneck", bn=bn)
+
+
+def _mmseg_aspp_branches(mapping: _Mapping, src: str, dst: str, separable: bool) -> int:
+    """image_pool + aspp_modules -> segcls ASPP ``dst``; returns the number of branches."""
+    mapping.conv_module(f"{dst}.image_pool.conv", f"{src}.image_pool.1")
+    mapping.conv_module(f"{dst}.conv1x1", f"{src}.aspp_modules.0")
+    i = 1
+    while any(k.startswith(f"{src}.aspp_modules.{i}.") for k in mapping.source):
+        if separable:
+            mapping.separable(f"{dst}.atrous.{i - 1}", f"{src}.aspp_modules.{i}")
+        else:
+            mapping.conv_module(f"{dst}.atrous.{i - 1}", f"{src}.aspp_modules.{i}")
+        i += 1
+    return i + 1
+
+
+def _scalar(t: torch.Tensor) -> torch.Tensor:
+    """mmcv's ``Scale`` parameter (0-d) -> segcls's (1,) gamma."""
+    return t.reshape(1)
+
+
+def _mmseg_head(mapping: _Mapping, head_module, src: str, dst: str):
+    """One mmseg decode/auxiliary head ``src`` -> the segcls head ``dst`` (of class ``head_module``)."""
+    kind = type(head_module).__name__
+    if kind == "FCNHead":
+        num_convs = sum(1 for k in mapping.source if re.fullmatch(rf"{re.escape(src)}\.convs\.\d+\.conv\.weight", k))
+        if f"{src}.conv_cat.conv.weight" in mapping.source:  # concat_input: convs -> body, conv_cat -> tail
+            for i in range(num_convs):
+                mapping.conv_module(f"{dst}.convs.{i}", f"{src}.convs.{i}")
+            mapping.conv_module(f"{dst}.tail.conv", f"{src}.conv_cat")
+        else:
+            for i in range(num_convs - 1):
+                mapping.conv_module(f"{dst}.convs.{i}", f"{src}.convs.{i}")
+            mapping.conv_module(f"{dst}.tail.conv", f"{src}.convs.{num_convs - 1}")
+    elif kind == "PSPHead":
+        _mmseg_ppm(mapping, f"{src}.psp_modules", f"{dst}.ppm")
+        mapping.conv_module(f"{dst}.tail.conv", f"{src}.bottleneck")
+    elif kind == "UPerHead":
+        _uper_head(mapping, head_module, src, dst)
+    elif kind == "ASPPHead":
+        if head_module.aspp.merge != "concat":
+            raise ConversionError(
+                "mmseg's ASPPHead fuses the concatenated branches with its 3x3 bottleneck: the target needs "
+                "MODEL.DECODE_HEAD.ASPP.MERGE 'concat' (configs/ade20k/deeplabv3_r50-d8_512x512_80k.yaml)"
+            )
+        n = _mmseg_aspp_branches(mapping, src, f"{dst}.aspp", separable=False)
+        mapping.conv_module(f"{dst}.tail.conv", f"{src}.bottleneck", _aspp_order(n))
+    elif kind == "DeepLabV3PlusHead":
+        project = head_module.aspp.project
+        if project is None or project[0].kernel_size != (3, 3) or not isinstance(head_module.tail.conv, torch.nn.Sequential):
+            raise ConversionError(
+                "mmseg's DepthwiseSeparableASPPHead needs segcls's mmseg layout: ASPP.SEPARABLE True, "
+                "ASPP.PROJECT_KERNEL 3, DEEPLABV3PLUS.SEPARABLE_LAST_CONV True "
+                "(configs/ade20k/deeplabv3plus_r50-d8_512x512_80k.yaml)"
+            )
+        n = _mmseg_aspp_branches(mapping, src, f"{dst}.aspp", separable=True)
+        mapping.conv_module(f"{dst}.aspp.project.0", f"{src}.bottleneck", _aspp_order(n))
+        mapping.conv_module(f"{dst}.low_project", f"{src}.c1_bottleneck")
+        mapping.separable(f"{dst}.convs.0", f"{src}.sep_bottleneck.0")
+        mapping.separable(f"{dst}.tail.conv", f"{src}.sep_bottleneck.1")
+    elif kind in ("NonLocalHead", "CCHead"):  # mmseg's NLHead / CCHead: FCN convs around the block
+        mapping.conv_module(f"{dst}.conv_in", f"{src}.convs.0")
+        if kind == "NonLocalHead":
+            for part in ("theta", "phi", "g"):
+                mapping.linear(f"{dst}.block.{part}", f"{src}.nl_block.{part}.conv")
+            mapping.conv_module(f"{dst}.block.out", f"{src}.nl_block.conv_out")
+        else:
+            for part in ("query", "key", "value"):
+                mapping.linear(f"{dst}.block.{part}", f"{src}.cca.{part}_conv")
+            mapping.take(f"{dst}.block.gamma", f"{src}.cca.gamma.scale", _scalar)
+        if f"{src}.conv_cat.conv.weight" in mapping.source:  # concat_input (mmseg's default)
+            mapping.conv_module(f"{dst}.conv_out", f"{src}.convs.1")
+            mapping.conv_module(f"{dst}.tail.conv", f"{src}.conv_cat")
+        else:
+            mapping.conv_module(f"{dst}.tail.conv", f"{src}.convs.1")
+    elif kind == "DAHead":  # the main classifier (conv_seg, on the sum) is mapped by the caller
+        for branch in ("pam", "cam"):
+            mapping.conv_module(f"{dst}.{branch}_in", f"{src}.{branch}_in_conv")
+            mapping.take(f"{dst}.{branch}.gamma", f"{src}.{branch}.gamma.scale", _scalar)
+            mapping.conv_module(f"{dst}.tail_{branch}.conv", f"{src}.{branch}_out_conv")
+            mapping.linear(f"{dst}.classifier_{branch}.conv", f"{src}.{branch}_conv_seg")
+        for part in ("query", "key", "value"):
+            mapping.linear(f"{dst}.pam.{part}", f"{src}.pam.{part}_project")
+    else:
+        raise ConversionError(
+            f"no mmsegmentation converter for segcls's {kind} yet (supported: FCNHead, PSPHead, UPerHead, "
+            "ASPPHead, DeepLabV3PlusHead, NonLocalHead, CCHead, DAHead)"
+        )
+
+
+def _mmseg_ocr_cascade(mapping: _Mapping, src: str, dst: str):
+    """mmseg's OCRNet (CascadeEncoderDecoder): ``src.0`` the coarse FCNHead (num_convs 1), ``src.1``
+    the OCRHead -> segcls's one OCRHead (coarse_conv/coarse_classifier, conv_in, object_context,
+    tail = mmseg's ObjectAttentionBlock bottleneck on [context, pixels]); query = pixels (phi),
+    key / value = object regions (psi / delta), out_project = rho."""
+    mapping.conv_module(f"{dst}.coarse_conv", f"{src}.0.convs.0")
+    mapping.linear(f"{dst}.coarse_classifier.conv", f"{src}.0.conv_seg")
+    ocr, block = f"{src}.1", f"{src}.1.object_context_block"
+    mapping.conv_module(f"{dst}.conv_in", f"{ocr}.bottleneck")
+    for segcls_name, mmseg_name in (("phi", "query_project"), ("psi", "key_project")):
+        for i in (0, 1):
+            mapping.conv_module(f"{dst}.object_context.{segcls_name}.{i}", f"{block}.{mmseg_name}.{i}")
+    mapping.conv_module(f"{dst}.object_context.delta", f"{block}.value_project")
+    mapping.conv_module(f"{dst}.object_context.rho", f"{block}.out_project")
+    mapping.conv_module(f"{dst}.tail.conv", f"{block}.bottleneck")
+
+
+_MMSEG_SWIN = [
+    (r"patch_embed\.projection\.", "patch_embed.proj."),
+    (r"patch_embed\.norm\.", "patch_embed.norm."),
+    (r"stages\.(\d+)\.blocks\.(\d+)\.attn\.w_msa\.", r"layers.\1.blocks.\2.attn."),
+    (r"stages\.(\d+)\.blocks\.(\d+)\.ffn\.layers\.0\.0\.", r"layers.\1.blocks.\2.mlp.fc1."),
+    (r"stages\.(\d+)\.blocks\.(\d+)\.ffn\.layers\.1\.", r"layers.\1.blocks.\2.mlp.fc2."),
+    (r"stages\.(\d+)\.blocks\.(\d+)\.(norm\d)\.", r"layers.\1.blocks.\2.\3."),
+]  # mmseg SwinTransformer name -> timm SwinTransformer name (PatchMerging: see _map_mmseg_swin)
+
+
+def _rename(name: str, table) -> Optional[str]:
+    """``name`` rewritten by the first (pattern, replacement) of ``table`` that matches, else None."""
+    for pattern, replacement in table:
+        renamed, n = re.subn(pattern, replacement, name)
+        if n:
+            return renamed
+    return None
+
+
+def _timm_target(backbone, source: str) -> Dict[str, str]:
+    """{timm full name: segcls features name} of a TimmBackbone with output norms, for ``source``'s
+    backbone (which has them); a clear error for another target."""
+    if not hasattr(backbone, "full_to_features_names") or getattr(backbone, "out_norms", None) is None:
+        raise ConversionError(
+            f"{source}'s backbone needs build_timm_backbone with the same model (MODEL.TIMM.NAME) and "
+            "MODEL.TIMM.OUT_NORM True (its per-stage output norms)"
+        )
+    return backbone.full_to_features_names()
+
+
+def _unfold_to_timm_order(channels: int) -> torch.Tensor:
+    """Index permutation of PatchMerging's 4C inputs: mmseg concatenates the 2x2 neighbours with
+    ``nn.Unfold`` (index c * 4 + kh * 2 + kw), timm / the official Swin as [x(0,0), x(1,0), x(0,1),
+    x(1,1)] (index kw * 2C + kh * C + c); entry t of the result is the mmseg index of timm's t."""
+    t = torch.arange(4 * channels)
+    kw, kh, c = t // (2 * channels), (t // channels) % 2, t % channels
+    return c * 4 + kh * 2 + kw
+
+
+def _map_mmseg_swin(mapping: _Mapping, backbone):
+    """mmseg's SwinTransformer (``backbone.*``) -> segcls's timm Swin (``build_timm_backbone``,
+    ``MODEL.TIMM.OUT_NORM`` for mmseg's ``norm0..3``). mmseg's PatchMerging closes stage i, timm's
+    opens stage i + 1; its 4C inputs are permuted (:func:`_unfold_to_timm_order`)."""
+    to_features = _timm_target(backbone, "mmseg's Swin")
+    levels = sorted(backbone.out_norms.keys())
+    for src in list(mapping.source):
+        if not src.startswith("backbone."):
+            continue
+        name = src[len("backbone."):]
+        if name.endswith("relative_position_index"):  # a derived buffer, rebuilt by timm
+            mapping.used.add(src)
+            continue
+        m = re.fullmatch(r"norm(\d)\.(weight|bias)", name)
+        if m:
+            mapping.take(f"backbone.out_norms.{levels[int(m.group(1))]}.{m.group(2)}", src)
+            continue
+        m = re.fullmatch(r"stages\.(\d+)\.downsample\.(norm|reduction)\.(weight|bias)", name)
+        if m:
+            timm_name = f"layers.{int(m.group(1)) + 1}.downsample.{m.group(2)}.{m.group(3)}"
+            perm = _unfold_to_timm_order(mapping.source[src].shape[-1] // 4)
+            transform = (lambda t, p=perm: t[:, p]) if mapping.source[src].dim() == 2 else (lambda t, p=perm: t[p])
+        else:
+            timm_name, transform = _rename(name, _MMSEG_SWIN), None
+        if timm_name in to_features:
+            mapping.take("backbone.model." + to_features[timm_name], src, transform)
+
+
+def _convert_mmseg(mapping: _Mapping, model):
+    if any(k.startswith("backbone.stages.0.blocks.0.attn.w_msa.") for k in mapping.source):
+        _map_mmseg_swin(mapping, model.backbone)
+    else:
+        _map_resnet(mapping, "backbone.", "backbone.")
+    if type(model.decode_head).__name__ == "OCRHead":
+        _mmseg_ocr_cascade(mapping, "decode_head", "decode_head")
+        mapping.linear("classifier.conv", "decode_head.1.conv_seg")
+    else:
+        _mmseg_head(mapping, model.decode_head, "decode_head", "decode_head")
+        mapping.linear("classifier.conv", "decode_head.conv_seg")
+    if getattr(model, "aux_head", None) is not None and "auxiliary_head.conv_seg.weight" in mapping.source:
+        _mmseg_head(mapping, model.aux_head, "auxiliary_head", "aux_head")
+        mapping.linear("aux_classifier.conv", "auxiliary_head.conv_seg")
+
+
+# ------------------------------------------------------------------------------------------------
+# HF UperNet (ConvNeXt backbone)
+# ------------------------------------------------------------------------------------------------
+_HF_CONVNEXT = [
+    (r"embeddings\.patch_embeddings\.", "stem.0."),
+    (r"embeddings\.layernorm\.", "stem.1."),
+    (r"encoder\.stages\.(\d+)\.downsampling_layer\.", r"stages.\1.downsample."),
+    (r"encoder\.stages\.(\d+)\.layers\.(\d+)\.layer_scale_parameter$", r"stages.\1.blocks.\2.gamma"),
+    (r"encoder\.stages\.(\d+)\.layers\.(\d+)\.dwconv\.", r"stages.\1.blocks.\2.conv_dw."),
+    (r"encoder\.stages\.(\d+)\.layers\.(\d+)\.layernorm\.", r"stages.\1.blocks.\2.norm."),
+    (r"encoder\.stages\.(\d+)\.layers\.(\d+)\.pwconv1\.", r"stages.\1.blocks.\2.mlp.fc1."),
+    (r"encoder\.stages\.(\d+)\.layers\.(\d+)\.pwconv2\.", r"stages.\1.blocks.\2.mlp.fc2."),
+]  # HF ConvNextModel name -> timm ConvNeXt name
+
+
+def _convert_hf_upernet(mapping: _Mapping, model):
+    backbone = model.backbone
+    to_features = _timm_target(backbone, "HF UperNet's ConvNeXt")
+    shapes = {k: v.shape for k, v in backbone.state_dict().items()}
+    levels = sorted(backbone.out_norms.keys())
+    for src in list(mapping.source):
+        if not src.startswith("backbone."):
+            continue
+        name = src[len("backbone."):]
+        m = re.fullmatch(r"hidden_states_norms\.stage(\d)\.(weight|bias)", name)
+        if m:
+            mapping.take(f"backbone.out_norms.{levels[int(m.group(1)) - 1]}.{m.group(2)}", src)
+            continue
+        timm_name = _rename(name, _HF_CONVNEXT)
+        if timm_name in to_features:
+            # HF's pointwise Linear (C_out, C_in) is timm's 1x1 conv (C_out, C_in, 1, 1) with conv_mlp
+            shape = shapes["model." + to_features[timm_name]]
+            reshape = lambda t, shape=shape: t.reshape(shape) if t.numel() == shape.numel() else t  # noqa: E731
+            mapping.take("backbone.model." + to_features[timm_name], src, reshape)
+    _uper_head(mapping, model.decode_head, "decode_head", "decode_head", bn="batch_norm")
+    mapping.linear("classifier.conv", "decode_head.classifier")
+    if getattr(model, "aux_head", None) is not None and "auxiliary_head.classifier.weight" in mapping.source:
+        num_convs = sum(1 for k in mapping.source if re.fullmatch(r"auxiliary_head\.convs\.\d+\.conv\.weight", k))
+        for i in range(num_convs - 1):
+            mapping.conv_module(f"aux_head.convs.{i}", f"auxiliary_head.convs.{i}", bn="batch_norm")
+        mapping.conv_module("aux_head.tail.conv", f"auxiliary_head.convs.{num_convs - 1}", bn="batch_norm")
+        mapping.linear("aux_classifier.conv", "auxiliary_head.classifier")
+
+
+def _convert_backbone(mapping: _Mapping, model):
+    prefix = next((p for p in ("backbone.", "module.", "") if any(k.startswith(p + "layer1.") for k in mapping.source)))
+    if any(re.fullmatch(rf"{re.escape(prefix)}layer\d\.0\.downsample\.2\.weight", k) for k in mapping.source):
+        raise ConversionError(
+            "an open-mmlab ResNetV1d file (average-pool shortcut: downsample.0 pool, .1 conv, .2 BN): segcls's "
+            "dilated ResNet has the V1c shortcut (no pool), and timm's resnet50d pools dilated stages differently "
+            "from mmseg (2x2 'same' average vs none), so no segcls backbone computes the same features; use a "
+            "ResNetV1c file"
+        )
+    _map_resnet(mapping, prefix, "backbone.")
+
+
+def _convert_segcls(mapping: _Mapping, model):
+    for name in model.state_dict():
+        mapping.take(name, name)
+
+
+_CONVERTERS = {
+    "torchvision_segmentation": (_convert_torchvision_segmentation, "model"),
+    "mmseg": (_convert_mmseg, "model"),
+    "hf_upernet": (_convert_hf_upernet, "model"),
+    "torchvision_resnet": (_convert_backbone, "backbone"),
+    "openmmlab_resnet": (_convert_backbone, "backbone"),
+    "segcls": (_convert_segcls, "model"),
+}
+
+
+# ------------------------------------------------------------------------------------------------
+# Entry point and guard
+# ------------------------------------------------------------------------------------------------
+def check_mapping(target: Dict[str, torch.Tensor], mapped: Dict[str, torch.Tensor], scope: str, source: str,
+                  allow_partial: bool = False) -> List[str]:  # fmt: skip
+    """Check ``mapped`` against the ``target`` state dict: every mapped name must exist there with
+    the same shape (always an error otherwise); every target tensor in ``scope`` ("model" = all,
+    "backbone" = ``backbone.*``) except ``num_batches_tracked`` must be mapped, unless
+    ``allow_partial`` (then the unmapped names are returned and logged). ``source`` names the
+    file, for the errors."""
+    unknown = [k for k in mapped if k not in target]
+    if unknown:
+        raise ConversionError(f"'{source}': the converter produced names the model lacks: {unknown[:8]}")
+    shapes = [f"{k}: {tuple(v.shape)} in the file, {tuple(target[k].shape)} in the model"
+              for k, v in mapped.items() if tuple(v.shape) != tuple(target[k].shape)]  # fmt: skip
+    if shapes:
+        raise ConversionError(f"'{source}' does not fit the model: {len(shapes)} tensors have other shapes, first: "
+                              + "; ".join(shapes[:5]))  # fmt: skip
+    expected = [k for k in target if (scope == "model" or k.startswith("backbone.")) and not k.endswith("num_batches_tracked")]
+    unmapped = [k for k in expected if k not in mapped]
+    if unmapped and not allow_partial:
+        raise ConversionError(
+            f"'{source}' leaves {len(unmapped)} of the {len(expected)} tensors the model expects "
+            f"({'the backbone' if scope == 'backbone' else 'the whole model'}) unmapped, at their random "
+            f"initialisation: {unmapped[:10]}{' ...' if len(unmapped) > 10 else ''}. Check the config "
+            "(depth, stem, head layout) against the file, or allow partial loading explicitly (--allow-partial)"
+        )
+    if unmapped:
+        logger.warning(f"'{source}': {len(unmapped)} tensors left unmapped (partial loading allowed): {unmapped[:10]}")
+    return unmapped
+
+
+def convert_state_dict(state: Dict[str, torch.Tensor], model: torch.nn.Module, source: str = "checkpoint",
+                       layout: Optional[str] = None, allow_partial: bool = False) -> Conversion:  # fmt: skip
+    """Map the peer state dict ``state`` onto segcls ``model``'s names (``layout`` detected by
+    :func:`detect_layout` when None) and check the result (:func:`check_mapping`)."""
+    target = model.state_dict()
+    layout = layout or detect_layout(state, target)
+    if layout not in _CONVERTERS:
+        raise ConversionError(f"layout={layout!r}: expected one of {list(_CONVERTERS)}")
+    convert, scope = _CONVERTERS[layout]
+    mapping = _Mapping(state)
+    convert(mapping, model)
+    unmapped = check_mapping(target, mapping.out, scope, source, allow_partial)
+    unused = sorted(k for k in state if k not in mapping.used and not k.endswith("num_batches_tracked"))
+    if unused:
+        logger.info(f"'{source}': {len(unused)} tensors not used by the model, e.g. {unused[:5]}")
+    return Conversion(mapping.out, layout, scope, unused, unmapped)
