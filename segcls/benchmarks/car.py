@@ -23,30 +23,17 @@ from segcls.engine import load_config
 from segcls.modeling import DECODE_HEAD_REGISTRY
 
 from . import CONFIGS as _CONFIG_ROOT
-from . import argument_parser
 from .measure import write_json
-from .training_cost import compare_training, make_batch, report
+from .training_cost import compare_training, make_batch, report, resolve_sizes, training_cost_parser
 from .model_api import regularizer_names
 
 CONFIGS = _CONFIG_ROOT / "car" / "pascal_context_59"
 CPU_OVERRIDES = ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", "MODEL.RESNETS.NORM", "BN", "MODEL.DECODE_HEAD.NORM", "BN"]
-QUICK_OVERRIDES = [
-    "MODEL.RESNETS.DEPTH", "18",
-    "MODEL.RESNETS.RES2_OUT_CHANNELS", "16",
-    "MODEL.RESNETS.STEM_OUT_CHANNELS", "16",
-    "MODEL.DECODE_HEAD.CHANNELS", "32",
-]  # fmt: skip
 
 
 def parse_args(argv=None):
-    parser = argument_parser("car", __doc__)
-    parser.add_argument("--quick", action="store_true", help="tiny R18 model at 64x64 (smoke test)")
-    parser.add_argument("--size", type=int, default=0, help="square crop size (default 513, 64 with --quick)")
-    parser.add_argument("--batch", type=int, default=2, help="images per iteration")
-    parser.add_argument("--repeats", type=int, default=0, help="timed iterations per model (default 5, 3 with --quick)")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed iterations per model first")
+    parser = training_cost_parser("car", __doc__, default_size=513)
     parser.add_argument("--config-file", default="", help="CAR config (default: Self-Attention + CAR, or FCN + CAR)")
-    parser.add_argument("--output", default="", help="also write the results as JSON here")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides for both models")
     return parser.parse_args(argv)
 
@@ -58,10 +45,9 @@ def default_config():
 
 def main(argv=None):
     args = parse_args(argv)
-    size = args.size or (64 if args.quick else 513)
-    repeats = args.repeats or (3 if args.quick else 5)
+    size, repeats, opts = resolve_sizes(args, default_size=513)
     config = args.config_file or default_config()
-    common = CPU_OVERRIDES + (QUICK_OVERRIDES if args.quick else []) + list(args.opts)
+    common = CPU_OVERRIDES + opts
     models = {}
     for variant, extra in (("no_car", ["MODEL.REGULARIZERS.NAMES", "[]"]), ("car", [])):
         cfg = load_config(config, common + extra)

@@ -21,9 +21,8 @@ import segcls  # noqa: F401  (registers modules)
 from segcls.engine import load_config
 
 from . import CONFIGS as _CONFIG_ROOT
-from . import argument_parser
 from .measure import write_json
-from .training_cost import compare_training, make_batch, report
+from .training_cost import compare_training, make_batch, report, resolve_sizes, training_cost_parser
 
 CONFIGS = _CONFIG_ROOT / "cityscapes"
 VARIANTS = {"baseline": "csfrn_deeplabv3plus_r50_baseline.yaml", "csfrn": "csfrn_deeplabv3plus_r50_csflm_aam.yaml"}
@@ -31,22 +30,8 @@ CPU_OVERRIDES = [
     "MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "",
     "MODEL.RESNETS.NORM", "BN", "MODEL.DECODE_HEAD.NORM", "BN", "MODEL.CSFRN.NORM", "BN", "MODEL.CSFRN.AAM.NORM", "BN",
 ]  # fmt: skip
-QUICK_OVERRIDES = [
-    "MODEL.RESNETS.DEPTH", "18",
-    "MODEL.RESNETS.RES2_OUT_CHANNELS", "16",
-    "MODEL.RESNETS.STEM_OUT_CHANNELS", "16",
-    "MODEL.DECODE_HEAD.CHANNELS", "32",
-]  # fmt: skip
-
-
 def parse_args(argv=None):
-    parser = argument_parser("csfrn", __doc__)
-    parser.add_argument("--quick", action="store_true", help="tiny R18 model at 64x64 (smoke test)")
-    parser.add_argument("--size", type=int, default=0, help="square crop size (default 512, 64 with --quick)")
-    parser.add_argument("--batch", type=int, default=2, help="images per iteration")
-    parser.add_argument("--repeats", type=int, default=0, help="timed iterations per model (default 5, 3 with --quick)")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed iterations per model first")
-    parser.add_argument("--output", default="", help="also write the results as JSON here")
+    parser = training_cost_parser("csfrn", __doc__, default_size=512)
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides for both models")
     return parser.parse_args(argv)
 
@@ -63,9 +48,8 @@ def build_models(opts):
 
 def main(argv=None):
     args = parse_args(argv)
-    size = args.size or (64 if args.quick else 512)
-    repeats = args.repeats or (3 if args.quick else 5)
-    models, cfg = build_models((QUICK_OVERRIDES if args.quick else []) + list(args.opts))
+    size, repeats, opts = resolve_sizes(args, default_size=512)
+    models, cfg = build_models(opts)
     batch = make_batch(size, args.batch, cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES)
     result = {
         "configs": {name: os.path.relpath(CONFIGS / config) for name, config in VARIANTS.items()},

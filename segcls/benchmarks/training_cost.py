@@ -12,12 +12,44 @@ to the system. The kernel's RSS accounting is exact to some tens of KiB only: me
 size, noise at smoke-test sizes. FLOPs: fvcore's count of the training forward per image (a
 multiply-add = 1, losses included).
 """
+import argparse
 import statistics
 from typing import Dict, List, Tuple
 
 import torch
 
+from . import argument_parser
 from .measure import PeakMemory, count_flops, interleave
+
+# --quick: a tiny ResNet-18 (and head) instead of the paper's model, for smoke tests
+QUICK_OVERRIDES = [
+    "MODEL.RESNETS.DEPTH", "18",
+    "MODEL.RESNETS.RES2_OUT_CHANNELS", "16",
+    "MODEL.RESNETS.STEM_OUT_CHANNELS", "16",
+    "MODEL.DECODE_HEAD.CHANNELS", "32",
+]  # fmt: skip
+
+
+def training_cost_parser(name: str, description: str, default_size: int) -> argparse.ArgumentParser:
+    """The options every training-cost benchmark takes (``--quick``, ``--size``, ``--batch``,
+    ``--repeats``, ``--warmup``, ``--output``, trailing config overrides); add others before
+    parsing."""
+    parser = argument_parser(name, description)
+    parser.add_argument("--quick", action="store_true", help="tiny R18 model at 64x64 (smoke test)")
+    parser.add_argument("--size", type=int, default=0, help=f"square crop size (default {default_size}, 64 with --quick)")
+    parser.add_argument("--batch", type=int, default=2, help="images per iteration")
+    parser.add_argument("--repeats", type=int, default=0, help="timed iterations per model (default 5, 3 with --quick)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed iterations per model first")
+    parser.add_argument("--output", default="", help="also write the results as JSON here")
+    return parser
+
+
+def resolve_sizes(args, default_size: int) -> Tuple[int, int, list]:
+    """(crop size, repeats, config overrides) of parsed ``args`` (``--quick`` adds
+    :data:`QUICK_OVERRIDES` before ``args.opts``)."""
+    size = args.size or (64 if args.quick else default_size)
+    repeats = args.repeats or (3 if args.quick else 5)
+    return size, repeats, (QUICK_OVERRIDES if args.quick else []) + list(args.opts)
 
 
 def make_batch(size: int, batch: int, num_classes: int, seed: int = 0) -> List[dict]:
