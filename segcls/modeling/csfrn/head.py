@@ -184,18 +184,17 @@ class CSFRNHead(nn.Module):
         """Weighted L_cac and L_smooth of B (N, C', h, w), Cmap (N, 1, h, w) and the labels (N, H, W)."""
         amp = torch.is_autocast_enabled(embedding.device.type) if hasattr(torch, "is_autocast_enabled") else False
         clamp = self.margin_clamp if (self.margin_clamp_always or amp) else 0.0
-        with torch.autocast(embedding.device.type, enabled=False):
-            cac, smooth = class_aware_consistency_loss(
-                embedding.float(),
-                None if margin is None else margin.float(),
-                targets,
-                ignore_value=self.ignore_value,
-                delta=self.delta,
-                loss_type=self.loss_type,
-                use_margins=self.use_margins,
-                margin_clamp=clamp,
-                bce_eps=self.bce_eps,
-            )
+        cac, smooth = class_aware_consistency_loss(
+            embedding,
+            margin,
+            targets,
+            ignore_value=self.ignore_value,
+            delta=self.delta,
+            loss_type=self.loss_type,
+            use_margins=self.use_margins,
+            margin_clamp=clamp,
+            bce_eps=self.bce_eps,
+        )
         out = {"loss_csfrn_consistency": self.consistency_weight * cac}
         if self.use_margins:
             out["loss_csfrn_smooth"] = self.smooth_weight * smooth
