@@ -102,12 +102,14 @@ class FastSemSegEvaluator(SemSegEvaluatorWithTable):
                 gt = torch.from_numpy(np.asarray(f).astype(np.int64)).to(pred.device)
             if gt.shape != pred.shape:
                 raise ValueError(f"{gt_file}: ground truth of shape {tuple(gt.shape)}, prediction {tuple(pred.shape)}")
-            gt = torch.where(gt == self._ignore_label, k, gt)
-            if (gt < 0).any() or (gt > k).any():
-                bad = gt[(gt < 0) | (gt > k)].unique()[:10].tolist()
+            ignored = gt == self._ignore_label
+            bad = ~ignored & ((gt < 0) | (gt >= k))
+            if bad.any():
                 raise ValueError(
-                    f"{gt_file}: label values {bad} are neither classes in [0, {k}) nor the ignore label {self._ignore_label}"
+                    f"{gt_file}: label values {gt[bad].unique()[:10].tolist()} are neither classes in [0, {k}) "
+                    f"nor the ignore label {self._ignore_label}"
                 )
+            gt = torch.where(ignored, k, gt)
             counts = torch.bincount(((k + 1) * pred + gt).flatten(), minlength=(k + 1) ** 2).view(k + 1, k + 1)
             self._matrix = counts if self._matrix is None else self._matrix + counts
             if self._predictions_json:

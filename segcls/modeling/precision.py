@@ -172,10 +172,12 @@ class FastPath:
             try:
                 return compiled(*args)
             except torch._dynamo.exc.TorchDynamoException as e:  # tracing or backend compilation failed
+                cause = getattr(e, "inner_exception", None) or e
+                reason = (str(cause).strip().splitlines() or [""])[0]
                 logger.warning(
                     f"torch.compile (MODEL.COMPILE: backend={self.options.compile_backend!r}, "
                     f"mode={self.options.compile_mode!r}) failed for {name}, running it eagerly from now on: "
-                    f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                    f"{type(cause).__name__}: {reason}"
                 )
                 self._compiled[name] = fn
                 return fn(*args)
