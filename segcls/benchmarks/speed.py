@@ -21,7 +21,6 @@ against the peers, every comparison interleaved in one run and reported as ratio
 
 Times: medians over ``--repeats`` interleaved rounds after one warm-up (``alternate`` order).
 """
-import json
 import statistics
 import tempfile
 import time
@@ -36,8 +35,6 @@ from .measure import interleaved, proc_status_bytes, reset_peak_rss, run_python,
 FAST = ["SOLVER.AMP.ENABLED", "True", "TEST.AMP.ENABLED", "True", "MODEL.CHANNELS_LAST", "True"]
 COMPILE = ["MODEL.COMPILE.ENABLED", "True"]
 SECTIONS = ("models", "eval", "slide", "demo")
-MEAN = (123.675, 116.28, 103.53)
-STD = (58.395, 57.12, 57.375)
 
 
 def cpu_bf16_support() -> str:
@@ -71,37 +68,17 @@ def build_pair(arch: str, opts=()):
 def make_step(arch: str, kind: str, train: bool, batch: int, size: int, compile_model: bool = False):
     """One forward (``train`` False, no grad) or forward+backward step of ``kind``: "segcls_fast",
     "segcls" (float32) or "torchvision" (float32, eager), as a zero-argument callable."""
+    from . import fcn
+
     opts = FAST + (COMPILE if compile_model else []) if kind == "segcls_fast" else []
     torch.manual_seed(0)
     ours, theirs = build_pair(arch, opts)
     model = theirs if kind == "torchvision" else ours
     del ours, theirs
-    model.train(train)
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (batch, 3, size, size), generator=g, dtype=torch.uint8)
     labels = torch.randint(0, 21, (batch, size, size), generator=g)
-    if kind == "torchvision":
-        mean, std = torch.tensor(MEAN).view(1, 3, 1, 1), torch.tensor(STD).view(1, 3, 1, 1)
-
-        def run():
-            x = (images.float() - mean) / std
-            if train:
-                F.cross_entropy(model(x)["out"], labels, ignore_index=255).backward()
-            else:
-                with torch.no_grad():
-                    model(x)
-
-        return run
-    inputs = [{"image": images[i], "sem_seg": labels[i]} for i in range(batch)]
-
-    def run():
-        if train:
-            sum(model(inputs).values()).backward()
-        else:
-            with torch.no_grad():
-                model(inputs)
-
-    return run
+    return fcn.step_function(model, kind == "torchvision", train, images, labels)
 
 
 def peak_memory_child(arch, kind, train, batch, size, compile_model=False):
@@ -129,7 +106,7 @@ def peak_memory(arch, kind, train, batch, size, compile_model=False) -> int:
 def models_section(args):
     from detectron2.utils.events import EventStorage
 
-    size, batch, repeats = (64, 2, 1) if args.quick else (args.size, args.batch, args.repeats)
+    size, batch, repeats = (32, 2, 1) if args.quick else (args.size, args.batch, args.repeats)
     results = {}
     for arch in args.archs:
         for train, mode in ((False, "forward"), (True, "forward+backward")):
@@ -230,7 +207,7 @@ def slide_section(args):
     from segcls.engine import load_config
 
     if args.quick:
-        (h, w), crop, stride, depth = (128, 256), (64, 128), (43, 86), 18
+        (h, w), crop, stride, depth = (64, 128), (32, 64), (21, 43), 18
     else:
         (h, w), crop, stride, depth = (1024, 2048), (512, 1024), (341, 683), 18
     repeats = 1 if args.quick else max(args.repeats - 1, 1)
@@ -282,7 +259,7 @@ def demo_section(args):
     from segcls.engine import load_config
     from segcls.solver import build_optimizer
 
-    iterations = 2 if args.quick else args.demo_iterations
+    iterations = 1 if args.quick else args.demo_iterations
     path = str(CONFIGS / "synthetic_context" / "fcn_r18_demo.yaml")
     steps = {}
     for name, opts in (("float32", []), ("fast", FAST)):
