@@ -65,10 +65,10 @@ class FastSemSegEvaluator(SemSegEvaluatorWithTable):
     """
     ``SemSegEvaluator``'s metrics, keys and table, computed fast:
 
-    - per image, ``argmax`` and ``torch.bincount`` of ``(K + 1) * pred + gt`` run on the device of
-      the model's output (ground truth read from ``sem_seg_file_name`` as detectron2 does, ignore
-      label mapped to K); the (K + 1, K + 1) int64 matrix (rows prediction, columns ground truth,
-      detectron2's layout) is accumulated there;
+    - per image, ``argmax`` and the counts of ``(K + 1) * pred + gt`` (:func:`confusion_counts`)
+      run on the device of the model's output (ground truth read from ``sem_seg_file_name`` as
+      detectron2 does, ignore label mapped to K); the (K + 1, K + 1) int64 matrix (rows prediction,
+      columns ground truth, detectron2's layout) is accumulated there;
     - under DDP only that matrix is all-reduced (no per-image data is gathered);
     - detectron2's per-prediction RLE JSON (``sem_seg_predictions.json``) only with
       ``predictions_json`` (``TEST.PREDICTIONS_JSON``), then gathered to rank 0 as detectron2 does;
@@ -95,22 +95,21 @@ class FastSemSegEvaluator(SemSegEvaluatorWithTable):
         """inputs: the model's inputs (``"file_name"`` per image); outputs: ``[{"sem_seg": (K, H, W)}]``."""
         k = self._num_classes
         for inp, out in zip(inputs, outputs):
-            scores = out["sem_seg"]
-            pred = scores.argmax(dim=0)
+            pred = out["sem_seg"].argmax(dim=0)
             gt_file = self.input_file_to_gt_file[inp["file_name"]]
             with Image.open(gt_file) as f:
-                gt = torch.from_numpy(np.asarray(f).astype(np.int64)).to(pred.device)
-            if gt.shape != pred.shape:
-                raise ValueError(f"{gt_file}: ground truth of shape {tuple(gt.shape)}, prediction {tuple(pred.shape)}")
+                gt = np.asarray(f).astype(np.int64)
+            if gt.shape != tuple(pred.shape):
+                raise ValueError(f"{gt_file}: ground truth of shape {gt.shape}, prediction {tuple(pred.shape)}")
             ignored = gt == self._ignore_label
             bad = ~ignored & ((gt < 0) | (gt >= k))
             if bad.any():
                 raise ValueError(
-                    f"{gt_file}: label values {gt[bad].unique()[:10].tolist()} are neither classes in [0, {k}) "
+                    f"{gt_file}: label values {np.unique(gt[bad])[:10].tolist()} are neither classes in [0, {k}) "
                     f"nor the ignore label {self._ignore_label}"
                 )
-            gt = torch.where(ignored, k, gt)
-            counts = torch.bincount(((k + 1) * pred + gt).flatten(), minlength=(k + 1) ** 2).view(k + 1, k + 1)
+            gt[ignored] = k
+            counts = confusion_counts(pred, gt, k + 1)
             self._matrix = counts if self._matrix is None else self._matrix + counts
             if self._predictions_json:
                 self._predictions.extend(self.encode_json_sem_seg(pred.cpu().numpy(), inp["file_name"]))
@@ -140,6 +139,20 @@ class FastSemSegEvaluator(SemSegEvaluatorWithTable):
             if self._top_pairs > 0:
                 write_confusion_outputs(self._conf_matrix, self._class_names, self._out_dir, self._top_pairs)
         return results
+
+
+def confusion_counts(pred: torch.Tensor, gt: np.ndarray, size: int) -> torch.Tensor:
+    """
+    (size, size) int64 counts of ``size * pred + gt`` (rows prediction, columns ground truth) for
+    (H, W) long predictions and ground truth with values in [0, size), on ``pred``'s device:
+    ``torch.bincount`` on an accelerator; on CPU NumPy's ``bincount``, which is 5-20x faster than
+    torch's CPU kernel (same counts).
+    """
+    if pred.device.type == "cpu":
+        counts = np.bincount((size * pred.numpy() + gt).ravel(), minlength=size * size)
+        return torch.from_numpy(counts).view(size, size)
+    index = size * pred + torch.from_numpy(gt).to(pred.device)
+    return torch.bincount(index.flatten(), minlength=size * size).view(size, size)
 
 
 def confused_pairs(matrix: np.ndarray, class_names, top: int):

@@ -107,3 +107,12 @@ def test_bad_ground_truth_value_names_the_file(dataset):
     evaluator.reset()
     with pytest.raises(ValueError, match=r"\.png: label values \[2, 3\] are neither classes in \[0, 2\)"):
         evaluator.process(inputs[:1], [{"sem_seg": outputs[0]["sem_seg"][:2]}])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_confusion_counts_on_cuda_equal_cpu():
+    from segcls.evaluation.sem_seg import confusion_counts
+
+    g = torch.Generator().manual_seed(0)
+    pred, gt = torch.randint(0, 6, (30, 40), generator=g), torch.randint(0, 7, (30, 40), generator=g).numpy()
+    assert torch.equal(confusion_counts(pred.cuda(), gt, 7).cpu(), confusion_counts(pred, gt, 7))
