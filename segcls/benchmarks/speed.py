@@ -56,13 +56,17 @@ def cpu_bf16_support() -> str:
 # ------------------------------------------------------------------------------------------------
 # models
 # ------------------------------------------------------------------------------------------------
-def build_pair(arch: str, opts=()):
-    """(segcls model with config options ``opts``, torchvision's identical model), 21 classes."""
+def build(arch: str, torchvision: bool, opts=()):
+    """segcls's model (config options ``opts``) or torchvision's identical one, 21 classes."""
+    from torchvision.models.segmentation import deeplabv3_resnet50
+
     from . import fcn, heads
 
     if arch == "fcn":
-        return fcn.build_segcls(list(opts)), fcn.build_torchvision()
-    return heads.build_deeplab_pair("cpu", list(opts))
+        return fcn.build_torchvision() if torchvision else fcn.build_segcls(list(opts))
+    if torchvision:
+        return deeplabv3_resnet50(weights=None, weights_backbone=None, aux_loss=False, num_classes=21)
+    return heads.build_deeplab_pair("cpu", list(opts))[0]
 
 
 def make_step(arch: str, kind: str, train: bool, batch: int, size: int, compile_model: bool = False):
@@ -72,9 +76,7 @@ def make_step(arch: str, kind: str, train: bool, batch: int, size: int, compile_
 
     opts = FAST + (COMPILE if compile_model else []) if kind == "segcls_fast" else []
     torch.manual_seed(0)
-    ours, theirs = build_pair(arch, opts)
-    model = theirs if kind == "torchvision" else ours
-    del ours, theirs
+    model = build(arch, kind == "torchvision", opts)
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (batch, 3, size, size), generator=g, dtype=torch.uint8)
     labels = torch.randint(0, 21, (batch, size, size), generator=g)
