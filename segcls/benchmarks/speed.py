@@ -11,7 +11,7 @@ against the peers, every comparison interleaved in one run and reported as ratio
   ``SemSegEvaluator`` on identical ADE20K-sized predictions (150 classes, 512x683, region-like
   labels), with the metrics compared;
 - ``slide``: sliding-window inference of a Cityscapes-sized image (2048x1024, 19 classes,
-  windows 512x1024 every 341x683 pixels, FCN-R18-D8) window-by-window, batched
+  windows 512x1024 every 341x683 pixels, FCN-R18-D8; ``--slide-image/-crop/-stride``) window-by-window, batched
   (``TEST.SLIDE_BATCH``) and batched on the fast path;
 - ``demo``: the demo's training step (forward, backward, SGD) per second, float32 vs fast path.
 
@@ -218,10 +218,11 @@ def slide_section(args):
 
     from segcls.engine import load_config
 
+    depth = 18
     if args.quick:
-        (h, w), crop, stride, depth = (64, 128), (32, 64), (21, 43), 18
+        (h, w), crop, stride = (64, 128), (32, 64), (21, 43)
     else:
-        (h, w), crop, stride, depth = (1024, 2048), (512, 1024), (341, 683), 18
+        (h, w), crop, stride = tuple(args.slide_image), tuple(args.slide_crop), tuple(args.slide_stride)
     repeats = 1 if args.quick else max(args.repeats - 1, 1)
     base = [
         "MODEL.DEVICE", "cpu", "MODEL.RESNETS.DEPTH", str(depth), "MODEL.RESNETS.OUT_FEATURES", "['res5']",
@@ -316,6 +317,9 @@ def main(argv=None):
     parser.add_argument("--no-memory", dest="memory", action="store_false", help="skip the peak-memory subprocesses")
     parser.add_argument("--eval-images", type=int, default=200)
     parser.add_argument("--slide-batch", type=int, default=3)
+    parser.add_argument("--slide-image", type=int, nargs=2, default=[1024, 2048], metavar=("H", "W"))
+    parser.add_argument("--slide-crop", type=int, nargs=2, default=[512, 1024], metavar=("H", "W"))
+    parser.add_argument("--slide-stride", type=int, nargs=2, default=[341, 683], metavar=("H", "W"))
     parser.add_argument("--demo-iterations", type=int, default=25, help="training steps per timed block")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, one repeat, no memory (the tests)")
     parser.add_argument("--json", help="also write the results to this file")
