@@ -19,6 +19,7 @@ from .modeling.csfrn.config import add_csfrn_config
 from .modeling.ecenet.config import add_ecenet_config
 from .modeling.heads.config import add_head_config  # importing segcls.modeling.heads registers the heads' keys
 from .modeling.losses.config import add_pixel_loss_config
+from .modeling.precision import add_fast_path_config
 from .modeling.regularizers.car import add_car_config
 
 _MODULE_CONFIGS = (
@@ -29,6 +30,7 @@ _MODULE_CONFIGS = (
     add_cac_config,
     add_car_config,
     add_csfrn_config,
+    add_fast_path_config,
 )
 
 
@@ -174,6 +176,14 @@ def add_segcls_config(cfg):
     # ---------------------------------------------------------------------------------------------
     # Number of "image | ground truth | prediction" PNGs written per test set (0 = none).
     cfg.TEST.NUM_OVERLAYS = 0
+    # detectron2's per-prediction JSON (sem_seg_predictions.json: every prediction's per-class RLE,
+    # gathered to the main process): slow and memory-hungry, so off by default.
+    cfg.TEST.PREDICTIONS_JSON = False
+    # Confusion outputs of every sem_seg evaluation (OUTPUT_DIR/eval/<dataset>/): confusion_matrix.npy
+    # (rows ground truth, columns prediction), confusion_matrix.png (rows normalised, class names),
+    # confused_pairs.json and the log: the CONFUSED_PAIRS most confused (ground truth, prediction)
+    # pairs. 0 = none of these outputs.
+    cfg.TEST.CONFUSED_PAIRS = 10
     # Inference mode of every meta-architecture (segcls.modeling.meta_arch.inference.InferenceOptions):
     # "whole" (the whole image at once, batched) or "slide"
     # (mmsegmentation's mode='slide': windows of CROP_SIZE [height, width] every STRIDE [height,
@@ -183,6 +193,9 @@ def add_segcls_config(cfg):
     cfg.TEST.MODE = "whole"
     cfg.TEST.CROP_SIZE = [512, 512]
     cfg.TEST.STRIDE = [341, 341]
+    # Sliding windows predicted together in one batch (1 = one at a time, the least memory).
+    # The result does not depend on it (up to floating-point summation order).
+    cfg.TEST.SLIDE_BATCH = 1
     # Multi-scale + flip test-time augmentation (mmsegmentation's aug_test): the test image (as
     # the mapper gives it, i.e. after INPUT.TEST_RESIZE) is resized by each factor of SCALES and,
     # if FLIP, also flipped; each is predicted with TEST.MODE and the softmax probabilities,

@@ -23,6 +23,7 @@ BENCHMARKS = {
     "car": "training cost of CAR (time, memory, FLOPs) vs no CAR",
     "cac": "cost of the context-aware classifier vs the 1x1 classifier",
     "csfrn": "training cost of CSFRN (time, memory, FLOPs) vs the DeepLabV3+ baseline",
+    "speed": "fast path (bf16, channels-last, compile) vs torchvision; fast evaluator; batched sliding windows; demo it/s",
 }
 PROG = "python -m segcls.benchmarks"
 REPO = Path(__file__).resolve().parents[2]  # the checkout: configs/ lies there

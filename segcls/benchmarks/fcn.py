@@ -57,14 +57,21 @@ def build_torchvision():
 
 
 def make_step(kind, train, batch, size):
-    """Return a zero-argument callable running one forward (or forward+backward) step."""
+    """Return (model, a zero-argument callable running one forward (or forward+backward) step)."""
     torch.manual_seed(0)
     model = build_segcls() if kind == "segcls" else build_torchvision()
-    model.train(train)
     images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8)
     labels = torch.randint(0, NUM_CLASSES, (batch, size, size))
-    if kind == "segcls":
-        inputs = [{"image": images[i], "sem_seg": labels[i]} for i in range(batch)]
+    return model, step_function(model, kind != "segcls", train, images, labels)
+
+
+def step_function(model, torchvision: bool, train: bool, images: torch.Tensor, labels: torch.Tensor):
+    """One step of ``model`` (put in train/eval mode) on uint8 images (N, 3, H, W) and labels
+    (N, H, W): a segcls model through its ``list[dict]`` API (the loss inside), torchvision's on the
+    normalised tensor with ``F.cross_entropy``; forward only (no grad) or forward+backward."""
+    model.train(train)
+    if not torchvision:
+        inputs = [{"image": images[i], "sem_seg": labels[i]} for i in range(len(images))]
 
         def run():
             if train:
@@ -85,7 +92,7 @@ def make_step(kind, train, batch, size):
                 with torch.no_grad():
                     model(x)
 
-    return model, run
+    return run
 
 
 def time_pair(train, batch, size, repeats):

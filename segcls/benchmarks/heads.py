@@ -133,7 +133,8 @@ def flops_section(args):
 # ------------------------------------------------------------------------------------------------
 # (b) DeepLabV3-R50: segcls vs torchvision
 # ------------------------------------------------------------------------------------------------
-def build_deeplab_pair(device):
+def build_deeplab_pair(device, extra_opts=()):
+    """segcls's DeepLabV3-R50-D8 (with the config options ``extra_opts``) and torchvision's."""
     cfg = load_config(
         opts=[
             "MODEL.DEVICE", device,
@@ -150,6 +151,7 @@ def build_deeplab_pair(device):
             "MODEL.DECODE_HEAD.ASPP.DROPOUT", 0.5,
             "MODEL.CLASSIFIER.DROPOUT", 0.0,
         ]
+        + list(extra_opts)
     )  # fmt: skip
     ours = build_model(cfg)
     theirs = deeplabv3_resnet50(weights=None, weights_backbone=None, aux_loss=False, num_classes=21).to(device)

@@ -104,6 +104,23 @@ def stop_on_signals(request_stop, signals=(signal.SIGINT, signal.SIGTERM)):
             signal.signal(s, h)
 
 
+def build_train_loop(cfg, device_type, model, data_loader, optimizer) -> SimpleTrainer:
+    """
+    The step loop. segcls's meta-architectures apply ``SOLVER.AMP`` autocast themselves
+    (:mod:`segcls.modeling.precision`), so bfloat16 (CPU or CUDA) needs no scaler:
+    ``SimpleTrainer``. float16 needs gradient scaling: detectron2's ``AMPTrainer`` with
+    ``torch.amp.GradScaler("cuda")`` (CUDA only; its own fp16 autocast just wraps the model's).
+    """
+    if cfg.SOLVER.AMP.ENABLED and cfg.SOLVER.AMP.PRECISION == "float16":
+        if device_type != "cuda":
+            raise ValueError(
+                f"SOLVER.AMP.PRECISION='float16' trains with a gradient scaler on CUDA only, but MODEL.DEVICE is "
+                f"{cfg.MODEL.DEVICE!r}: use SOLVER.AMP.PRECISION 'bfloat16' there"
+            )
+        return AMPTrainer(model, data_loader, optimizer, grad_scaler=torch.amp.GradScaler("cuda"))
+    return SimpleTrainer(model, data_loader, optimizer)
+
+
 class Trainer(DefaultTrainer):
     """
     ``DefaultTrainer`` whose data loader, evaluators, optimizer and LR schedule come from segcls,
@@ -124,9 +141,10 @@ class Trainer(DefaultTrainer):
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
         self.train_loader = self.build_train_loader(cfg)
-        device_ids = [comm.get_local_rank()] if model.device.type == "cuda" else None
+        device_type = model.device.type
+        device_ids = [comm.get_local_rank()] if device_type == "cuda" else None
         model = create_ddp_model(model, broadcast_buffers=False, device_ids=device_ids)
-        self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(model, self.train_loader, optimizer)
+        self._trainer = build_train_loop(cfg, device_type, model, self.train_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         self.checkpointer = SegclsCheckpointer(
             model, cfg.OUTPUT_DIR, allow_partial=cfg.MODEL.WEIGHTS_ALLOW_PARTIAL, trainer=weakref.proxy(self)

@@ -1,2 +1,10 @@
-from .sem_seg import EVALUATOR_REGISTRY, OverlayWriter, SemSegEvaluatorWithTable, build_evaluator
+from .sem_seg import (
+    EVALUATOR_REGISTRY,
+    FastSemSegEvaluator,
+    OverlayWriter,
+    SemSegEvaluatorWithTable,
+    build_evaluator,
+    confused_pairs,
+    write_confusion_outputs,
+)
 from .cityscapes import OfficialCityscapesSemSegEvaluator

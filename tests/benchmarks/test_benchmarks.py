@@ -76,3 +76,16 @@ def test_fcn_peak_memory_subprocess():
     if not os.access("/proc/self/clear_refs", os.W_OK):
         pytest.skip("needs Linux's /proc/self/clear_refs")
     assert fcn.peak_memory("torchvision", False, 1, 32) > 0
+
+
+def test_speed_benchmark_quick_runs_every_section():
+    """`speed --quick`: every section at tiny sizes; the evaluator section checks identical metrics."""
+    from segcls.benchmarks import speed
+
+    results = speed.main(["--quick", "--archs", "fcn"])
+    assert "bf16 support" in results["bf16"]
+    assert set(results["models"]) == {"fcn forward", "fcn forward+backward"}
+    assert all(row["segcls_fast_s"] > 0 and row["torchvision_s"] > 0 for row in results["models"].values())
+    assert results["eval"]["identical_metrics"] is True and results["eval"]["speedup"] > 0
+    assert results["slide"]["max_abs_diff_batched"] < 1e-4
+    assert results["demo"]["fast_it_per_s"] > 0

@@ -111,6 +111,27 @@ def test_overlapping_slide_equals_slow_reference(crop, stride):
     assert not torch.allclose(slide, infer(tiny_model(), image), atol=1e-3)  # windows do change the result
 
 
+@pytest.mark.parametrize("slide_batch", [2, 4, 100])
+def test_batched_slide_equals_window_by_window(slide_batch):
+    """TEST.SLIDE_BATCH windows per forward (the last batch shorter): same logits as one window
+    at a time, float32."""
+    image = random_image(33, 45, seed=2)
+    crop, stride = [14, 16], [9, 11]  # 4 x 4 windows
+    one = infer(tiny_model(mode="slide", crop_size=crop, stride=stride), image)
+    batched = infer(tiny_model(mode="slide", crop_size=crop, stride=stride, slide_batch=slide_batch), image)
+    assert batched.dtype == torch.float32
+    torch.testing.assert_close(batched, one, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(batched, slow_slide_reference(image, crop, stride), rtol=1e-5, atol=1e-5)
+
+
+def test_batched_slide_calls_the_network_once_per_batch():
+    model = tiny_model(mode="slide", crop_size=[14, 16], stride=[9, 11], slide_batch=5)
+    batches = []
+    model.backbone.register_forward_hook(lambda module, args, out: batches.append(args[0].shape[0]))
+    infer(model, random_image(33, 45))
+    assert batches == [5, 5, 5, 1]  # 16 windows
+
+
 def test_tta_with_scale_one_and_no_flip_equals_plain_inference():
     image = random_image(30, 42)
     plain = infer(tiny_model(), image)
@@ -167,6 +188,7 @@ def test_meta_architectures_take_inference_modes_from_config(meta_architecture):
         ({"mode": "sliding"}, "must be 'whole' or 'slide'"),
         ({"mode": "slide", "crop_size": [16, 16], "stride": [20, 8]}, "0 < stride <= crop size"),
         ({"tta_scales": [1.0, 0.0]}, "must be positive"),
+        ({"mode": "slide", "slide_batch": 0}, "TEST.SLIDE_BATCH must be >= 1"),
     ],
 )
 def test_bad_inference_options_are_rejected(options, message):

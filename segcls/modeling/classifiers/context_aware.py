@@ -41,6 +41,7 @@ from torch.nn import functional as F
 
 from ..losses import CrossEntropyLoss, PixelLossSet
 from ..outputs import MAIN, Prediction, SegOutputs
+from ..precision import float32
 from ..registry import CLASSIFIER_REGISTRY
 
 EPS = 1e-12
@@ -247,12 +248,14 @@ class ContextAwareClassifier(nn.Module):
             return self.conv(x)
         return self.similarity_logits(x, self.weight, "cos")
 
+    @float32
     def similarity_logits(self, f: torch.Tensor, A: torch.Tensor, similarity: Optional[str] = None) -> torch.Tensor:
         """
         Eqs. 3 and 6: p_* = tau * eta(f) eta(A_*)^T, i.e. tau * <f, A_k> / ((|f| + 1e-12)(|A_k| + 1e-12))
         per pixel and class (finite for an all-zero feature); "dot" (Table 4 (c)): <f, A_k>.
 
         f: (N, d, h, w); A: (K, d) shared by the batch or (N, K, d) per image. Returns (N, K, h, w).
+        Float32 under autocast (norms and cosine; :func:`~segcls.modeling.precision.float32`).
         """
         similarity = similarity or self.context_similarity
         if similarity == "cos":
@@ -266,12 +269,13 @@ class ContextAwareClassifier(nn.Module):
         return logits
 
     @staticmethod
+    @float32
     def estimated_prototypes(f: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
         """
         Eq. 4: C_p[n, k] = sum_i softmax(p[n, :, i])_k f[n, :, i] / (sum_i softmax(p[n, :, i])_k + 1e-12):
         per image, softmax over classes, a weighted mean of f over all pixels; no labels.
 
-        f: (N, d, h, w), p: (N, K, h, w). Returns (N, K, d).
+        f: (N, d, h, w), p: (N, K, h, w). Returns (N, K, d). Float32 under autocast.
         """
         prob = F.softmax(p, dim=1)
         return torch.einsum("nkhw,ndhw->nkd", prob, f) / (prob.sum(dim=(2, 3))[..., None] + EPS)
@@ -299,6 +303,7 @@ class ContextAwareClassifier(nn.Module):
         onehot = torch.zeros(n, self.num_classes + 1, h, w, dtype=dtype, device=labels.device)
         return onehot.scatter_(1, index[:, None], 1.0)[:, : self.num_classes]
 
+    @float32
     def oracle_prototypes(self, f: torch.Tensor, onehot: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """
         Eq. 1: C_y[k] = sum_{n, i} [y_{n,i} = k] f[n, :, i] / sum_{n, i} [y_{n,i} = k]: one prototype per
@@ -307,7 +312,7 @@ class ContextAwareClassifier(nn.Module):
         implementation), so no gradient reaches C through it.
 
         f: (N, d, h, w); onehot: (N, K, h, w) from :meth:`one_hot`. Returns C_y (K, d) and the
-        present-class mask (K,) bool.
+        present-class mask (K,) bool. Float32 under autocast.
         """
         counts = onehot.sum(dim=(0, 2, 3))
         present = counts > 0
@@ -334,6 +339,7 @@ class ContextAwareClassifier(nn.Module):
         A = theta(z)
         return A + C if residual else A
 
+    @float32
     def distillation_loss(
         self, p_p: torch.Tensor, p_y: torch.Tensor, onehot: torch.Tensor, p: Optional[torch.Tensor] = None
     ) -> torch.Tensor:
@@ -349,6 +355,7 @@ class ContextAwareClassifier(nn.Module):
         (Eqs. 7, 10); ``KL_ENTROPY`` "estimated"/"static": H from detach(p_p)/detach(p); "none": H = 1.
 
         p_p, p_y, p: (N, K, h, w) logits; onehot: (N, K, h, w) from :meth:`one_hot`. Returns a scalar.
+        Float32 under autocast (softmaxes, entropy).
         """
         q = F.softmax(p_y.detach(), dim=1)
         target = self.kl_soft_weight * q + (1.0 - self.kl_soft_weight) * onehot

@@ -35,6 +35,7 @@ from torchvision.ops import DeformConv2d
 from ..heads.config import validate_head_node
 from ..layers import conv_norm_act, resize
 from ..outputs import SegOutputs
+from ..precision import float32
 from ..registry import DECODE_HEAD_REGISTRY
 from .loss import LOSS_TYPES, class_aware_consistency_loss
 
@@ -62,7 +63,8 @@ class CSFLM(nn.Module):
 
 
 class _DeformNormAct(nn.Module):
-    """3x3 deformable conv (offsets given, no modulation mask) -> norm -> ReLU; widths kept."""
+    """3x3 deformable conv (offsets given, no modulation mask) -> norm -> ReLU; widths kept.
+    Float32 under autocast: torchvision's CPU deformable convolution has no bfloat16 kernel."""
 
     def __init__(self, channels: int, norm: str = "BN"):
         super().__init__()
@@ -70,6 +72,7 @@ class _DeformNormAct(nn.Module):
         weight_init.c2_msra_fill(self.conv)
         self.norm = get_norm(norm, channels) if norm else None
 
+    @float32
     def forward(self, x, offset):
         x = self.conv(x, offset)
         if self.norm is not None:
@@ -184,18 +187,17 @@ class CSFRNHead(nn.Module):
         """Weighted L_cac and L_smooth of B (N, C', h, w), Cmap (N, 1, h, w) and the labels (N, H, W)."""
         amp = torch.is_autocast_enabled(embedding.device.type) if hasattr(torch, "is_autocast_enabled") else False
         clamp = self.margin_clamp if (self.margin_clamp_always or amp) else 0.0
-        with torch.autocast(embedding.device.type, enabled=False):
-            cac, smooth = class_aware_consistency_loss(
-                embedding.float(),
-                None if margin is None else margin.float(),
-                targets,
-                ignore_value=self.ignore_value,
-                delta=self.delta,
-                loss_type=self.loss_type,
-                use_margins=self.use_margins,
-                margin_clamp=clamp,
-                bce_eps=self.bce_eps,
-            )
+        cac, smooth = class_aware_consistency_loss(
+            embedding,
+            margin,
+            targets,
+            ignore_value=self.ignore_value,
+            delta=self.delta,
+            loss_type=self.loss_type,
+            use_margins=self.use_margins,
+            margin_clamp=clamp,
+            bce_eps=self.bce_eps,
+        )
         out = {"loss_csfrn_consistency": self.consistency_weight * cac}
         if self.use_margins:
             out["loss_csfrn_smooth"] = self.smooth_weight * smooth

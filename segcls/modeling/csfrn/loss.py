@@ -27,6 +27,7 @@ import torch
 from torch.nn import functional as F
 
 from ..losses.lovasz import lovasz_hinge_flat
+from ..precision import float32
 
 LOSS_TYPES = ("lovasz", "bce")
 
@@ -51,6 +52,7 @@ def class_statistics(embedding: torch.Tensor, margin: Optional[torch.Tensor], la
     return classes, onehot, centers, margins
 
 
+@float32
 def class_aware_consistency_loss(
     embedding: torch.Tensor,
     margin: Optional[torch.Tensor],
@@ -67,7 +69,8 @@ def class_aware_consistency_loss(
     embedding B: (N, C', h, w); margin C: (N, 1, h, w) (None when ``use_margins`` is False);
     targets: (N, H, W) long labels at any size (brought to (h, w) by nearest).
     ``margin_clamp`` > 0 clamps ``delta * m_k`` from above (overflow guard of exp).
-    Returns (L_cac, L_smooth) scalars (L_smooth is 0 without margins).
+    Returns (L_cac, L_smooth) scalars (L_smooth is 0 without margins). Runs in float32 under
+    autocast, exp(delta * m) included (:func:`~segcls.modeling.precision.float32`).
     """
     if loss_type not in LOSS_TYPES:
         raise ValueError(f"MODEL.CSFRN.LOSS_TYPE={loss_type!r}: expected one of {LOSS_TYPES}")

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from ..layers import resize
+from ..precision import float32
 from ..outputs import MAIN, SegOutputs
 from ..registry import build_pixel_losses
 
@@ -19,6 +20,8 @@ class PixelLossSet(nn.Module):
     ``align_corners``) to the label size (N, H, W) and scored by each pixel loss;
     returns ``{loss.name: scale * weight_l * loss_l(resized logits, labels)}``.
     The normalisation of each loss (e.g. ``CrossEntropyLoss``'s ``normalization``) is the loss's own.
+    Under autocast the resize and every pixel loss (their softmax/log-softmax, sorting, exp) run in
+    float32 (:func:`~segcls.modeling.precision.float32`).
     """
 
     def __init__(self, losses: Sequence[nn.Module], weights: Sequence[float], *, align_corners: bool = False, scale: float = 1.0):
@@ -54,6 +57,7 @@ class PixelLossSet(nn.Module):
     def extra_repr(self):
         return f"weights={self.weights}, align_corners={self.align_corners}"
 
+    @float32
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> Dict[str, torch.Tensor]:
         logits = resize(logits, targets.shape[-2:], self.align_corners)
         return {loss.name: w * loss(logits, targets) for loss, w in zip(self.losses, self.weights)}

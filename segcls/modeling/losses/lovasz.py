@@ -7,6 +7,7 @@ import torch
 from detectron2.config import configurable
 from torch import nn
 
+from ..precision import float32
 from ..registry import PIXEL_LOSS_REGISTRY
 
 
@@ -25,6 +26,7 @@ def lovasz_grad(fg_sorted: torch.Tensor) -> torch.Tensor:
     return torch.cat([jaccard[..., :1], jaccard[..., 1:] - jaccard[..., :-1]], dim=-1)
 
 
+@float32
 def lovasz_hinge_flat(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """
     Binary Lovasz hinge of one set of pixels (Berman et al.'s released ``lovasz_hinge_flat``):
@@ -32,7 +34,8 @@ def lovasz_hinge_flat(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tenso
     ``loss = relu(errors_sorted) . lovasz_grad(y_sorted)``.
     logits: (..., P) real scores (positive = foreground); labels: (..., P) in {0, 1}. The leading
     dimensions are independent sets -> (...) losses. P = 0 gives 0 (kept in the graph). All-negative
-    labels give ``relu(max error)``.
+    labels give ``relu(max error)``. The sort and the Jaccard gradient run in float32 under
+    autocast (:func:`~segcls.modeling.precision.float32`).
     """
     if logits.shape[-1] == 0:
         return logits.sum(-1) * 0.0
@@ -127,6 +130,7 @@ class LovaszSoftmaxLoss(nn.Module):
             "per_image": cfg.MODEL.LOSS.LOVASZ_PER_IMAGE,
         }
 
+    @float32
     def flat_loss(self, probs: torch.Tensor, labels: torch.Tensor):
         """probs (P, K), labels (P,) of valid pixels -> scalar, or None if no class counts."""
         losses = []

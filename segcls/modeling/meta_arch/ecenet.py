@@ -17,6 +17,7 @@ from ..ecenet.criterion import ECENetCriterion
 from ..ecenet.decoder import ECENetDecoder
 from ..losses import PixelLossSet, SegmentationLoss
 from ..outputs import MAIN, Prediction, SegOutputs
+from ..precision import FastPath, FastPathOptions
 from .inference import InferenceOptions, SemSegInference
 from .preprocess import SemSegPreprocessor
 
@@ -51,6 +52,7 @@ class ECENet(nn.Module):
         size_divisibility: int = -1,
         align_corners: bool = False,
         inference: InferenceOptions = InferenceOptions(),
+        fast_path: FastPathOptions = FastPathOptions(),
     ):
         super().__init__()
         shapes = backbone.output_shape()
@@ -70,6 +72,8 @@ class ECENet(nn.Module):
             pixel_mean=pixel_mean, pixel_std=pixel_std, ignore_value=ignore_value, size_divisibility=size_divisibility
         )
         self.inferencer = SemSegInference(inference, size_divisibility=size_divisibility, align_corners=align_corners)
+        self.fast_path = FastPath(fast_path)
+        self.fast_path.prepare(self)
 
     @classmethod
     def from_config(cls, cfg):
@@ -92,6 +96,7 @@ class ECENet(nn.Module):
             "size_divisibility": cfg.INPUT.SIZE_DIVISIBILITY,
             "align_corners": cfg.MODEL.ALIGN_CORNERS,
             "inference": InferenceOptions.from_config(cfg),
+            "fast_path": FastPathOptions.from_config(cfg),
         }
 
     @property
@@ -102,14 +107,25 @@ class ECENet(nn.Module):
         """Normalised, padded (B, 3, H, W) images -> (B, N, H/4, W/4) logits of the fused prediction."""
         return self.decoder(self.backbone(images))["pred"]
 
+    def network(self, images: torch.Tensor) -> dict:
+        """Normalised, padded (B, 3, H, W) images -> the decoder's outputs (training)."""
+        return self.decoder(self.backbone(images))
+
+    def fast_logits(self, images: torch.Tensor) -> torch.Tensor:
+        """:meth:`logits` on the fast path (:class:`~segcls.modeling.precision.FastPath`), float32."""
+        return self.fast_path.run(self.logits, images, training=False).float()
+
     def forward(self, batched_inputs: List[dict]):
+        """On the configured fast path: the network and the losses under ``SOLVER.AMP`` autocast
+        in training (the criterion's float32 islands are its own), :meth:`fast_logits` at inference."""
         if not self.training:
             images = [self.preprocessor.normalize(x["image"]) for x in batched_inputs]
-            return self.inferencer(self.logits, images, batched_inputs)
+            return self.inferencer(self.fast_logits, images, batched_inputs)
         images, targets = self.preprocessor(batched_inputs, require_targets=True)
-        outputs = self.decoder(self.backbone(images.tensor))
-        scored = SegOutputs(predictions={MAIN: Prediction(outputs["pred"])}, losses=self.criterion(outputs, targets))
-        return self.pixel_loss(scored, targets)
+        outputs = self.fast_path.run(self.network, images.tensor, training=True)
+        with self.fast_path.autocast(images.tensor.device, training=True):
+            scored = SegOutputs(predictions={MAIN: Prediction(outputs["pred"])}, losses=self.criterion(outputs, targets))
+            return self.pixel_loss(scored, targets)
 
 
 def _pixel_loss_set(cfg) -> PixelLossSet:

@@ -23,7 +23,8 @@ class InferenceOptions:
 
     - ``mode``: ``"whole"`` (the whole image at once; the images of a batch are padded together)
       or ``"slide"`` (mmsegmentation's ``mode='slide'``: windows of ``crop_size`` (height, width)
-      every ``stride`` pixels, overlapping logits summed and divided by the per-pixel window count);
+      every ``stride`` pixels, overlapping logits summed and divided by the per-pixel window count),
+      ``slide_batch`` windows per forward (``TEST.SLIDE_BATCH``);
     - ``tta_scales``: multi-scale test-time augmentation factors (empty = none), with
       ``tta_flip`` also the flipped images; the softmax probabilities are averaged.
     """
@@ -33,6 +34,7 @@ class InferenceOptions:
     stride: Tuple[int, int] = (341, 341)
     tta_scales: Tuple[float, ...] = ()
     tta_flip: bool = False
+    slide_batch: int = 1
 
     def __post_init__(self):
         for name in ("crop_size", "stride", "tta_scales"):
@@ -46,6 +48,8 @@ class InferenceOptions:
                 f"sliding-window inference needs TEST.CROP_SIZE and TEST.STRIDE as [height, width] with "
                 f"0 < stride <= crop size, got CROP_SIZE={list(self.crop_size)}, STRIDE={list(self.stride)}"
             )
+        if self.slide_batch < 1:
+            raise ValueError(f"TEST.SLIDE_BATCH must be >= 1 (windows per forward), got {self.slide_batch}")
         if any(scale <= 0 for scale in self.tta_scales):
             raise ValueError(f"test-time augmentation scales (TEST.AUG.SCALES) must be positive, got {list(self.tta_scales)}")
 
@@ -57,7 +61,29 @@ class InferenceOptions:
             stride=cfg.TEST.STRIDE,
             tta_scales=cfg.TEST.AUG.SCALES if cfg.TEST.AUG.ENABLED else (),
             tta_flip=cfg.TEST.AUG.FLIP,
+            slide_batch=cfg.TEST.SLIDE_BATCH,
         )
+
+
+def window_spans(length: int, crop: int, stride: int) -> List[Tuple[int, int]]:
+    """The (start, end) spans of mmsegmentation's sliding windows along one axis of ``length``
+    pixels: starts ``0, stride, 2 * stride, ...``, the last span moved back to end at ``length``,
+    each ``min(crop, length)`` long."""
+    count = max(length - crop + stride - 1, 0) // stride + 1
+    spans = []
+    for i in range(count):
+        end = min(i * stride + crop, length)
+        spans.append((max(end - crop, 0), end))
+    return spans
+
+
+def _coverage(spans: List[Tuple[int, int]], length: int, device) -> torch.Tensor:
+    """(length,) float32: how many of ``spans`` cover each position."""
+    count = torch.zeros(length + 1, dtype=torch.float32, device=device)
+    for start, end in spans:
+        count[start] += 1
+        count[end] -= 1
+    return count.cumsum(0)[:length]
 
 
 class SemSegInference:
@@ -110,25 +136,27 @@ class SemSegInference:
         """
         mmsegmentation's ``mode='slide'`` on one normalised (3, H, W) image: window rows start at
         ``0, stride, 2 * stride, ...`` with the last one moved back to end at the border (columns
-        alike; an image smaller than the window is one window); each window's logits come from
-        :meth:`whole`; overlapping logits are summed and divided by the number of windows
-        covering each pixel. Returns (K, H, W).
+        alike; an image smaller than the window is one window, see :func:`window_spans`); the
+        windows' logits come from :meth:`whole`, ``slide_batch`` windows per call (all windows of
+        an image have the same size); overlapping logits are summed (float32) and divided by the
+        number of windows covering each pixel (the product of the row and column counts, no
+        full-resolution count buffer). Returns (K, H, W) float32.
         """
         height, width = image.shape[-2:]
         (crop_h, crop_w), (stride_h, stride_w) = self.options.crop_size, self.options.stride
-        rows = max(height - crop_h + stride_h - 1, 0) // stride_h + 1
-        cols = max(width - crop_w + stride_w - 1, 0) // stride_w + 1
-        total, count = None, image.new_zeros((height, width))
-        for row in range(rows):
-            for col in range(cols):
-                y2, x2 = min(row * stride_h + crop_h, height), min(col * stride_w + crop_w, width)
-                y1, x1 = max(y2 - crop_h, 0), max(x2 - crop_w, 0)
-                logits = self.whole(logits_fn, [image[:, y1:y2, x1:x2]])[0]
-                if total is None:
-                    total = logits.new_zeros((logits.shape[0], height, width))
-                total[:, y1:y2, x1:x2] += logits
-                count[y1:y2, x1:x2] += 1
-        return total / count
+        rows, cols = window_spans(height, crop_h, stride_h), window_spans(width, crop_w, stride_w)
+        windows = [(y1, y2, x1, x2) for y1, y2 in rows for x1, x2 in cols]
+        total = None
+        for start in range(0, len(windows), self.options.slide_batch):
+            chunk = windows[start : start + self.options.slide_batch]
+            logits = self.whole(logits_fn, [image[:, y1:y2, x1:x2] for y1, y2, x1, x2 in chunk])
+            if total is None:
+                total = image.new_zeros((logits[0].shape[0], height, width), dtype=torch.float32)
+            for (y1, y2, x1, x2), logit in zip(chunk, logits):
+                total[:, y1:y2, x1:x2] += logit
+        row_count = _coverage(rows, height, image.device)
+        col_count = _coverage(cols, width, image.device)
+        return total / (row_count[:, None] * col_count[None, :])
 
     def augmented(self, logits_fn: LogitsFn, image: torch.Tensor) -> torch.Tensor:
         """

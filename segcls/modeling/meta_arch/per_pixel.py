@@ -13,6 +13,7 @@ from ..classifiers import LinearClassifier
 from ..losses import PixelLossSet, SegmentationLoss
 from ..outputs import SegOutputs
 from ..registry import build_classifier, build_decode_head, build_regularizers
+from ..precision import FastPath, FastPathOptions
 from .inference import InferenceOptions, SemSegInference
 from .preprocess import SemSegPreprocessor
 
@@ -58,6 +59,7 @@ class PerPixelSegmentor(nn.Module):
         size_divisibility: int = -1,
         align_corners: bool = False,
         inference: InferenceOptions = InferenceOptions(),
+        fast_path: FastPathOptions = FastPathOptions(),
     ):
         super().__init__()
         if not (aux_head is None) == (aux_classifier is None) == (aux_loss is None):
@@ -76,6 +78,8 @@ class PerPixelSegmentor(nn.Module):
         )
         self.inferencer = SemSegInference(inference, size_divisibility=size_divisibility, align_corners=align_corners)
         self.criterion = SegmentationLoss(loss)
+        self.fast_path = FastPath(fast_path)
+        self.fast_path.prepare(self)
 
     @classmethod
     def from_config(cls, cfg):
@@ -96,6 +100,7 @@ class PerPixelSegmentor(nn.Module):
             "size_divisibility": cfg.INPUT.SIZE_DIVISIBILITY,
             "align_corners": cfg.MODEL.ALIGN_CORNERS,
             "inference": InferenceOptions.from_config(cfg),
+            "fast_path": FastPathOptions.from_config(cfg),
         }
         if cfg.MODEL.AUX_HEAD.ENABLED:
             aux = build_decode_head(cfg, shapes, "MODEL.AUX_HEAD")
@@ -136,9 +141,19 @@ class PerPixelSegmentor(nn.Module):
             losses.update(regularizer(outputs, targets))
         return losses
 
+    def fast_logits(self, images: torch.Tensor) -> torch.Tensor:
+        """:meth:`logits` on the fast path (:class:`~segcls.modeling.precision.FastPath`: memory
+        format, inference autocast, compilation), returned in float32."""
+        return self.fast_path.run(self.logits, images, training=False).float()
+
     def forward(self, batched_inputs: List[dict]):
+        """The contract of the class docstring, on the configured fast path: training runs the
+        network and the losses under ``SOLVER.AMP`` autocast (float32 islands inside the losses),
+        inference runs :meth:`fast_logits`."""
         if not self.training:
             images = [self.preprocessor.normalize(x["image"]) for x in batched_inputs]
-            return self.inferencer(self.logits, images, batched_inputs)
+            return self.inferencer(self.fast_logits, images, batched_inputs)
         images, targets = self.preprocessor(batched_inputs, require_targets=True)
-        return self.losses(self.predict(images.tensor, targets), targets)
+        outputs = self.fast_path.run(self.predict, images.tensor, targets, training=True)
+        with self.fast_path.autocast(images.tensor.device, training=True):
+            return self.losses(outputs, targets)

@@ -30,6 +30,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..outputs import SegOutputs
+from ..precision import float32
 from ..registry import REGULARIZER_REGISTRY
 
 # Floor of L_intra-c2p (released implementation).
@@ -378,19 +379,24 @@ class CARRegularizer(nn.Module):
                 f"CAR expects features (N, C, h, w) and labels (N, H, W) with the same N, "
                 f"got {tuple(x.shape)} and {tuple(targets.shape)}"
             )
-        with torch.autocast(x.device.type, enabled=False):
-            x, onehot = self.prepare(x, targets)
-            centers, counts = class_centers(x, onehot, self.per_image)
-            if self.moving_average_decay > 0:
-                centers = self._moving_average(centers, counts, index)
-            out = {}
-            if self.intra_c2p:
-                intra = intra_c2p_loss(x, onehot, centers, self.intra_remove_max)
-                out["loss_car_intra_c2p"] = self.intra_weight * intra
-            if self.inter_c2c:
-                out["loss_car_inter_c2c"] = self.inter_weight * inter_c2c_loss(centers, self.inter_c2c_eps)
-            if self.inter_c2p:
-                out["loss_car_inter_c2p"] = self.inter_weight * inter_c2p_loss(x, onehot, centers, self.inter_c2p_eps)
+        return self._float32_losses(x, targets, index)
+
+    @float32
+    def _float32_losses(self, x: torch.Tensor, targets: torch.Tensor, index: int) -> Dict[str, torch.Tensor]:
+        """:meth:`losses` after the shape checks; the centers and softmaxes run in float32 under
+        autocast (:func:`~segcls.modeling.precision.float32`)."""
+        x, onehot = self.prepare(x, targets)
+        centers, counts = class_centers(x, onehot, self.per_image)
+        if self.moving_average_decay > 0:
+            centers = self._moving_average(centers, counts, index)
+        out = {}
+        if self.intra_c2p:
+            intra = intra_c2p_loss(x, onehot, centers, self.intra_remove_max)
+            out["loss_car_intra_c2p"] = self.intra_weight * intra
+        if self.inter_c2c:
+            out["loss_car_inter_c2c"] = self.inter_weight * inter_c2c_loss(centers, self.inter_c2c_eps)
+        if self.inter_c2p:
+            out["loss_car_inter_c2p"] = self.inter_weight * inter_c2p_loss(x, onehot, centers, self.inter_c2p_eps)
         return out
 
     def prepare(self, x: torch.Tensor, targets: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
