@@ -57,7 +57,9 @@ def _autocast_device_types(values) -> set:
     }
 
 
-def _to_float32(value):
+def to_float32(value):
+    """``value`` cast to float32 if it is a bfloat16/float16 tensor, else unchanged (float32 and
+    float64 tensors, non-tensors)."""
     if isinstance(value, torch.Tensor) and value.dtype in _HALF:
         return value.float()
     return value
@@ -75,8 +77,8 @@ def float32(fn: Callable) -> Callable:
     def wrapper(*args, **kwargs):
         values = list(args) + list(kwargs.values())
         devices = _autocast_device_types(values)
-        args = [_to_float32(a) for a in args]
-        kwargs = {k: _to_float32(v) for k, v in kwargs.items()}
+        args = [to_float32(a) for a in args]
+        kwargs = {k: to_float32(v) for k, v in kwargs.items()}
         if not devices:
             return fn(*args, **kwargs)
         with contextlib.ExitStack() as stack:

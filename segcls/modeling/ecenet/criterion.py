@@ -24,7 +24,8 @@ Terms (weights: the config defaults, the authors' released head, ``MODEL.ECENET.
 - ``lambda_div`` (0.2, Table 5) times the sum over stages of the batch-mean diversity loss (Eq. 3),
   ``loss_div``; not computed when ``lambda_div`` is 0.
 
-Mixed precision: every term is computed in float32 with autocast off (inputs cast with
+Mixed precision: every term is computed in float32 with autocast off (``forward`` is wrapped by
+:func:`segcls.modeling.precision.float32`; the list inputs cast with
 ``.float()``; float64 inputs stay float64), so the class-to-mask assignment, the sigmoid / softmax
 losses and ``L_div`` do not run in half precision.
 
@@ -38,6 +39,7 @@ from detectron2.config import configurable
 from torch import nn
 from torch.nn import functional as F
 
+from ..precision import float32
 from .fr import diversity_loss
 
 # MASK_LOSS -> the loss name of the mask term ("loss_focal" as before the switch, or "loss_mask").
@@ -180,11 +182,8 @@ class ECENetCriterion(nn.Module):
             mask = sigmoid_bce_loss(src, tgt, num_masks)
         return {"mask": mask, "dice": dice_loss(src, tgt, num_masks)}
 
+    @float32
     def forward(self, outputs: Dict[str, List[torch.Tensor]], targets: torch.Tensor) -> Dict[str, torch.Tensor]:
-        with torch.autocast(device_type=targets.device.type, enabled=False):
-            return self._losses(outputs, targets)
-
-    def _losses(self, outputs, targets):
         present = present_classes(targets, self.num_classes)
         pairs = list(zip(outputs["pred_logits"], outputs["pred_masks"]))
         if self.exclude_finest:

@@ -25,6 +25,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..layers import conv_norm_act
+from ..precision import float32
 
 SE_GATES = {"sigmoid": torch.sigmoid, "hard_sigmoid": F.hardsigmoid, "none": lambda z: z}
 OUT_NORMS = ("LN", "BN")
@@ -117,11 +118,13 @@ class FeatureReconstruction(nn.Module):
         return self.fuse(torch.cat(branches, dim=1)), diverse
 
 
+@float32
 def diversity_loss(diverse: torch.Tensor) -> torch.Tensor:
     """
     Eq. 3 taken literally, batch mean: for each image, softmax of every channel ``j`` over its
     ``H*W`` positions, ``S = sum_k max_j softmax_j[k]``, ``L_div = 1 - S / C'``. Computed in
-    float32 (autocast off) whatever the input dtype under mixed precision: the softmax over many
+    float32 (:func:`~segcls.modeling.precision.float32`: autocast off, half inputs cast) under
+    mixed precision: the softmax over many
     positions is where half precision loses the loss (its values are ~1/HW).
 
     ``diverse``: (B, C', H, W). Returns a scalar. Range: ``(max(0, 1 - HW / C'), 1 - 1 / C']``
@@ -130,8 +133,6 @@ def diversity_loss(diverse: torch.Tensor) -> torch.Tensor:
     ``max(0, 1 - HW / C')`` (0 only when ``HW >= C'``).
     """
     b, c = diverse.shape[:2]
-    with torch.autocast(device_type=diverse.device.type, enabled=False):
-        dtype = torch.float64 if diverse.dtype == torch.float64 else torch.float32
-        prob = diverse.reshape(b, c, -1).to(dtype).softmax(dim=-1)
-        covered = prob.max(dim=1).values.sum(dim=-1)  # (B,)
-        return (1 - covered / c).mean()
+    prob = diverse.reshape(b, c, -1).softmax(dim=-1)
+    covered = prob.max(dim=1).values.sum(dim=-1)  # (B,)
+    return (1 - covered / c).mean()

@@ -17,7 +17,7 @@ from ..ecenet.criterion import ECENetCriterion
 from ..ecenet.decoder import ECENetDecoder
 from ..losses import PixelLossSet, SegmentationLoss
 from ..outputs import MAIN, Prediction, SegOutputs
-from ..precision import FastPath, FastPathOptions
+from ..precision import FastPath, FastPathOptions, to_float32
 from .inference import InferenceOptions, SemSegInference
 from .preprocess import SemSegPreprocessor
 
@@ -112,8 +112,8 @@ class ECENet(nn.Module):
         return self.decoder(self.backbone(images))
 
     def fast_logits(self, images: torch.Tensor) -> torch.Tensor:
-        """:meth:`logits` on the fast path (:class:`~segcls.modeling.precision.FastPath`), float32."""
-        return self.fast_path.run(self.logits, images, training=False).float()
+        """:meth:`logits` on the fast path (:class:`~segcls.modeling.precision.FastPath`), float32 (float64 stays float64)."""
+        return to_float32(self.fast_path.run(self.logits, images, training=False))
 
     def forward(self, batched_inputs: List[dict]):
         """On the configured fast path: the network and the losses under ``SOLVER.AMP`` autocast

@@ -138,9 +138,9 @@ class SemSegInference:
         ``0, stride, 2 * stride, ...`` with the last one moved back to end at the border (columns
         alike; an image smaller than the window is one window, see :func:`window_spans`); the
         windows' logits come from :meth:`whole`, ``slide_batch`` windows per call (all windows of
-        an image have the same size); overlapping logits are summed (float32) and divided by the
+        an image have the same size); overlapping logits are summed (at least float32) and divided by the
         number of windows covering each pixel (the product of the row and column counts, no
-        full-resolution count buffer). Returns (K, H, W) float32.
+        full-resolution count buffer). Returns (K, H, W) float32 (float64 for float64 logits).
         """
         height, width = image.shape[-2:]
         (crop_h, crop_w), (stride_h, stride_w) = self.options.crop_size, self.options.stride
@@ -151,7 +151,7 @@ class SemSegInference:
             chunk = windows[start : start + self.options.slide_batch]
             logits = self.whole(logits_fn, [image[:, y1:y2, x1:x2] for y1, y2, x1, x2 in chunk])
             if total is None:
-                total = image.new_zeros((logits[0].shape[0], height, width), dtype=torch.float32)
+                total = image.new_zeros((logits[0].shape[0], height, width), dtype=torch.promote_types(logits[0].dtype, torch.float32))
             for (y1, y2, x1, x2), logit in zip(chunk, logits):
                 total[:, y1:y2, x1:x2] += logit
         row_count = _coverage(rows, height, image.device)

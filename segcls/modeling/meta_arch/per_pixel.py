@@ -13,7 +13,7 @@ from ..classifiers import LinearClassifier
 from ..losses import PixelLossSet, SegmentationLoss
 from ..outputs import SegOutputs
 from ..registry import build_classifier, build_decode_head, build_regularizers
-from ..precision import FastPath, FastPathOptions
+from ..precision import FastPath, FastPathOptions, to_float32
 from .inference import InferenceOptions, SemSegInference
 from .preprocess import SemSegPreprocessor
 
@@ -143,8 +143,8 @@ class PerPixelSegmentor(nn.Module):
 
     def fast_logits(self, images: torch.Tensor) -> torch.Tensor:
         """:meth:`logits` on the fast path (:class:`~segcls.modeling.precision.FastPath`: memory
-        format, inference autocast, compilation), returned in float32."""
-        return self.fast_path.run(self.logits, images, training=False).float()
+        format, inference autocast, compilation), returned in float32 (float64 stays float64)."""
+        return to_float32(self.fast_path.run(self.logits, images, training=False))
 
     def forward(self, batched_inputs: List[dict]):
         """The contract of the class docstring, on the configured fast path: training runs the
