@@ -77,6 +77,10 @@ def add_segcls_config(cfg):
     # dilation; mmsegmentation's multi_grid is absolute: its g is g / rate here (its (1, 2, 4) at
     # dilation 4 is [0.25, 0.5, 1]; products must be integers).
     cfg.MODEL.RESNETS.RES5_MULTI_GRID = []
+    # True: ResNet-D's downsampling shortcut, average pool (kernel = stride) before a stride-1 1x1
+    # conv (mmsegmentation's avg_down; with STEM_TYPE "deeplab" and STEM_OUT_CHANNELS 64 this is
+    # open-mmlab's ResNetV1d). False: the 1x1 conv strides (ResNetV1c, torchvision, detectron2).
+    cfg.MODEL.RESNETS.AVG_DOWN = False
 
     # Decode head and auxiliary head (MODEL.DECODE_HEAD, MODEL.AUX_HEAD; DECODE_HEAD_REGISTRY):
     # one schema for both nodes, segcls.modeling.heads.config (common keys, auxiliary defaults),

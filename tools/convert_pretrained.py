@@ -11,13 +11,13 @@ The model of the config is built and the input (a .pth / .pt / .bin torch file, 
 mapped onto it (``segcls.converters``):
 
 - whole models: mmsegmentation segmentors (FCN, PSPNet, DeepLabV3, DeepLabV3+ in mmseg's layout,
-  UPerNet, Non-local, CCNet, DANet, OCRNet; ResNetV1c backbone, or Swin with UPerNet; auxiliary
+  UPerNet, Non-local, CCNet, DANet, OCRNet; ResNetV1c/V1d backbone, or Swin with UPerNet; auxiliary
   head included), HF ``UperNetForSemanticSegmentation`` with a ConvNeXt backbone, torchvision
   ``fcn_resnet50/101`` and ``deeplabv3_resnet50/101`` (auxiliary head included), segcls /
   detectron2 checkpoints;
-- backbones: torchvision and open-mmlab (ResNetV1c) ResNets for ``build_resnet_dilated_backbone``;
-  timm, torchvision and official (Swin, ConvNeXt, ...) files for ``build_timm_backbone`` (names
-  mapped as for MODEL.TIMM.WEIGHTS).
+- backbones: torchvision and open-mmlab (ResNetV1c; ResNetV1d with ``MODEL.RESNETS.AVG_DOWN True``)
+  ResNets for ``build_resnet_dilated_backbone``; timm, torchvision and official (Swin, ConvNeXt,
+  ...) files for ``build_timm_backbone`` (names mapped as for MODEL.TIMM.WEIGHTS).
 
 It prints how many tensors were mapped and fails (exit status 1, naming them) when any tensor the
 model expects (the whole model for a model file, the backbone for a backbone file) is left

@@ -3,7 +3,8 @@ Checkpoints of mmsegmentation, torchvision and open-mmlab backbones -> segcls mo
 (:mod:`.io`) and name/layout conversion with the guard that nothing the model expects is left at
 its initialisation (:mod:`.convert`). ``tools/convert_pretrained.py`` is the command line.
 """
-from .convert import LAYOUTS, Conversion, ConversionError, check_mapping, convert_state_dict, detect_layout, resnet_name
+from .convert import (LAYOUTS, Conversion, ConversionError, check_mapping, convert_state_dict, detect_layout, resnet_name,
+                      resnet_names)
 from .io import read_checkpoint
 
 __all__ = [
@@ -15,4 +16,5 @@ __all__ = [
     "detect_layout",
     "read_checkpoint",
     "resnet_name",
+    "resnet_names",
 ]

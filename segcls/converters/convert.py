@@ -7,7 +7,7 @@ Source layouts (:func:`detect_layout`):
 - ``"torchvision_segmentation"``: torchvision's ``fcn_resnet50/101`` and
   ``deeplabv3_resnet50/101`` (``backbone.layerX``, ``classifier.*``, ``aux_classifier.*``);
 - ``"mmseg"``: an mmsegmentation 1.x segmentor (``backbone.*``, ``decode_head.conv_seg``,
-  ``auxiliary_head.*``) with a ResNetV1c backbone and an FCN, PSP, ASPP (DeepLabV3),
+  ``auxiliary_head.*``) with a ResNetV1c or ResNetV1d (target: ``MODEL.RESNETS.AVG_DOWN``) backbone and an FCN, PSP, ASPP (DeepLabV3),
   depthwise-separable ASPP (DeepLabV3+), UPerNet, Non-local, CCNet or DANet head, or OCRNet's
   cascade (``decode_head.0`` FCN, ``decode_head.1`` OCR); or a Swin backbone (target:
   ``build_timm_backbone`` with the same Swin and ``MODEL.TIMM.OUT_NORM``) with UPerNet;
@@ -16,7 +16,8 @@ Source layouts (:func:`detect_layout`):
   ``build_timm_backbone`` with the same ConvNeXt, ``MODEL.TIMM.OUT_NORM``, ``UPerHead`` and an
   FCN auxiliary head on res4);
 - ``"torchvision_resnet"`` / ``"openmmlab_resnet"``: ImageNet ResNet backbones (torchvision's
-  ``conv1``/``layerX`` names; open-mmlab's ResNetV1c with the 3-conv stem ``stem.0..7``);
+  ``conv1``/``layerX`` names; open-mmlab's ResNetV1c/V1d with the 3-conv stem ``stem.0..7``, V1d's average-pool
+  shortcut ``downsample.0..2`` needing ``MODEL.RESNETS.AVG_DOWN``);
 - ``"segcls"``: names that already are segcls's (e.g. a segcls or detectron2 checkpoint).
 
 The target is a built segcls model (``PerPixelSegmentor``); backbone layouts fill
@@ -62,8 +63,9 @@ class Conversion:
 class _Mapping:
     """Collects target <- source tensors, remembering which source names were used."""
 
-    def __init__(self, source: Dict[str, torch.Tensor]):
+    def __init__(self, source: Dict[str, torch.Tensor], name: str):
         self.source = source
+        self.name = name  # of the file, for the errors
         self.out: Dict[str, torch.Tensor] = {}
         self.used = set()
 
@@ -136,11 +138,12 @@ _OPENMMLAB_STEM = {"0": ("conv1", "conv"), "1": ("conv1", "norm"), "3": ("conv2"
                    "6": ("conv3", "conv"), "7": ("conv3", "norm")}  # fmt: skip
 
 
-def resnet_name(name: str) -> Optional[str]:
+def resnet_name(name: str, avg_down: bool = False) -> Optional[str]:
     """torchvision / open-mmlab ResNet name -> detectron2 ResNet name (None for other names, e.g.
-    ``fc.*``): conv1/bn1 -> stem.conv1(.norm); stem.{0,1,3,4,6,7} (open-mmlab's V1c stem) ->
+    ``fc.*``): conv1/bn1 -> stem.conv1(.norm); stem.{0,1,3,4,6,7} (open-mmlab's V1c/V1d stem) ->
     stem.conv{1,2,3}(.norm); layerX.Y.convZ/bnZ -> res{X+1}.Y.convZ(.norm); downsample.0/1 ->
-    shortcut(.norm)."""
+    shortcut(.norm), or with ``avg_down`` (open-mmlab's ResNetV1d: downsample.0 is the average
+    pool) downsample.1/2 -> shortcut(.norm)."""
     m = re.fullmatch(r"stem\.(\d)\.(\w+)", name)
     if m:
         if m.group(1) not in _OPENMMLAB_STEM:
@@ -153,19 +156,46 @@ def resnet_name(name: str) -> Optional[str]:
     m = re.fullmatch(r"layer(\d)\.(\d+)\.(.+)", name)
     if not m:
         return None
+    conv, norm = (1, 2) if avg_down else (0, 1)
     rest = m.group(3)
     rest = re.sub(r"^bn(\d)\.", r"conv\1.norm.", rest)
-    rest = re.sub(r"^downsample\.0\.", "shortcut.", rest)
-    rest = re.sub(r"^downsample\.1\.", "shortcut.norm.", rest)
+    rest = re.sub(rf"^downsample\.{conv}\.", "shortcut.", rest)
+    rest = re.sub(rf"^downsample\.{norm}\.", "shortcut.norm.", rest)
     return f"res{int(m.group(1)) + 1}.{m.group(2)}.{rest}"
 
 
-def _map_resnet(mapping: _Mapping, src_prefix: str, dst_prefix: str):
-    for src in list(mapping.source):
-        if src.startswith(src_prefix):
-            dst = resnet_name(src[len(src_prefix):])
-            if dst is not None:
-                mapping.take(dst_prefix + dst, src)
+def _shortcut_layout(names, backbone, source: str) -> bool:
+    """Whether the ResNet file ``names`` has ResNet-D's average-pool shortcut (open-mmlab's
+    ResNetV1d: ``downsample.0`` pool, ``.1`` conv, ``.2`` BN); an error if the segcls
+    ``backbone`` has the other shortcut (``MODEL.RESNETS.AVG_DOWN``), since the weights would
+    load and compute other features."""
+    from ..modeling.backbone.resnet import AvgDownConv2d  # (the backbone module imports this one)
+
+    avg_down = any(re.search(r"layer\d\.\d+\.downsample\.2\.", k) for k in names)
+    target = any(isinstance(m, AvgDownConv2d) for m in backbone.modules())
+    if avg_down != target:
+        kinds = ("the ResNet-D average-pool shortcut (open-mmlab ResNetV1d)", "the strided 1x1-conv shortcut (ResNetV1c, torchvision)")
+        raise ConversionError(
+            f"'{source}' has {kinds[not avg_down]} and the model {kinds[not target]}: set MODEL.RESNETS.AVG_DOWN "
+            f"{avg_down} to load it"
+        )
+    return avg_down
+
+
+def resnet_names(names, backbone, source: str) -> Dict[str, Optional[str]]:
+    """{name: :func:`resnet_name` of it} for the torchvision / open-mmlab ResNet ``names``, read
+    with the shortcut layout of the file, which must be the segcls ``backbone``'s
+    (:func:`_shortcut_layout`)."""
+    names = list(names)
+    avg_down = _shortcut_layout(names, backbone, source)
+    return {name: resnet_name(name, avg_down) for name in names}
+
+
+def _map_resnet(mapping: _Mapping, src_prefix: str, dst_prefix: str, backbone):
+    files = {src[len(src_prefix):]: src for src in mapping.source if src.startswith(src_prefix)}
+    for name, dst in resnet_names(files, backbone, mapping.name).items():
+        if dst is not None:
+            mapping.take(dst_prefix + dst, files[name])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -189,7 +219,7 @@ def _map_torchvision_head(mapping: _Mapping, src: str, head: str, classifier: st
 
 
 def _convert_torchvision_segmentation(mapping: _Mapping, model):
-    _map_resnet(mapping, "backbone.", "backbone.")
+    _map_resnet(mapping, "backbone.", "backbone.", model.backbone)
     _map_torchvision_head(mapping, "classifier", "decode_head", "classifier")
     if any(k.startswith("aux_classifier.") for k in mapping.source):
         _map_torchvision_head(mapping, "aux_classifier", "aux_head", "aux_classifier")
@@ -402,7 +432,7 @@ def _convert_mmseg(mapping: _Mapping, model):
     if any(k.startswith("backbone.stages.0.blocks.0.attn.w_msa.") for k in mapping.source):
         _map_mmseg_swin(mapping, model.backbone)
     else:
-        _map_resnet(mapping, "backbone.", "backbone.")
+        _map_resnet(mapping, "backbone.", "backbone.", model.backbone)
     if type(model.decode_head).__name__ == "OCRHead":
         _mmseg_ocr_cascade(mapping, "decode_head", "decode_head")
         mapping.linear("classifier.conv", "decode_head.1.conv_seg")
@@ -460,14 +490,7 @@ def _convert_hf_upernet(mapping: _Mapping, model):
 
 def _convert_backbone(mapping: _Mapping, model):
     prefix = next((p for p in ("backbone.", "module.", "") if any(k.startswith(p + "layer1.") for k in mapping.source)))
-    if any(re.fullmatch(rf"{re.escape(prefix)}layer\d\.0\.downsample\.2\.weight", k) for k in mapping.source):
-        raise ConversionError(
-            "an open-mmlab ResNetV1d file (average-pool shortcut: downsample.0 pool, .1 conv, .2 BN): segcls's "
-            "dilated ResNet has the V1c shortcut (no pool), and timm's resnet50d pools dilated stages differently "
-            "from mmseg (2x2 'same' average vs none), so no segcls backbone computes the same features; use a "
-            "ResNetV1c file"
-        )
-    _map_resnet(mapping, prefix, "backbone.")
+    _map_resnet(mapping, prefix, "backbone.", model.backbone)
 
 
 def _convert_segcls(mapping: _Mapping, model):
@@ -526,7 +549,7 @@ def convert_state_dict(state: Dict[str, torch.Tensor], model: torch.nn.Module, s
     if layout not in _CONVERTERS:
         raise ConversionError(f"layout={layout!r}: expected one of {list(_CONVERTERS)}")
     convert, scope = _CONVERTERS[layout]
-    mapping = _Mapping(state)
+    mapping = _Mapping(state, source)
     convert(mapping, model)
     unmapped = check_mapping(target, mapping.out, scope, source, allow_partial)
     unused = sorted(k for k in state if k not in mapping.used and not k.endswith("num_batches_tracked"))

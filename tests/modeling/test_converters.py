@@ -90,8 +90,9 @@ def test_unmapped_tensors_are_an_error_naming_them_unless_partial():
 # ------------------------------------------------------------------------------------------------
 # mmsegmentation layouts (key names of mmsegmentation 1.2.2's modules)
 # ------------------------------------------------------------------------------------------------
-def mmseg_resnet_v1c(prefix, depth=50, width=64):
-    """{name: shape} of mmseg's ResNetV1c (stem_channels=64, deep stem 32-32-64)."""
+def mmseg_resnet_v1c(prefix, depth=50, width=64, avg_down=False):
+    """{name: shape} of mmseg's ResNetV1c (stem_channels=64, deep stem 32-32-64), or with
+    ``avg_down`` its ResNetV1d (``downsample.0`` the average pool, ``.1`` conv, ``.2`` BN)."""
     shapes = {}
 
     def bn(name, c):
@@ -111,7 +112,8 @@ def mmseg_resnet_v1c(prefix, depth=50, width=64):
             shapes[p + "conv2.weight"] = (mid, mid, 3, 3); bn(p + "bn2", mid)  # noqa: E702
             shapes[p + "conv3.weight"] = (out, mid, 1, 1); bn(p + "bn3", out)  # noqa: E702
             if j == 0:
-                shapes[p + "downsample.0.weight"] = (out, cin, 1, 1); bn(p + "downsample.1", out)  # noqa: E702
+                conv = 1 if avg_down else 0
+                shapes[p + f"downsample.{conv}.weight"] = (out, cin, 1, 1); bn(p + f"downsample.{conv + 1}", out)  # noqa: E702
         cin = out
     return shapes
 
@@ -347,14 +349,21 @@ def test_patch_merging_unfold_order_to_timm_order():
     assert torch.equal(unfold[..., _unfold_to_timm_order(3)], official.flatten(1, 2))
 
 
-def test_openmmlab_v1d_backbone_is_refused_with_the_reason():
-    v1d = {".downsample.0.": ".downsample.1.", ".downsample.1.": ".downsample.2."}  # V1d: downsample.0 is the pool
-    shapes = {}
-    for name, shape in mmseg_resnet_v1c("", width=WIDTH).items():
-        old = next((o for o in v1d if o in name), None)
-        shapes[name.replace(old, v1d[old]) if old else name] = shape
-    with pytest.raises(ConversionError, match="ResNetV1d .*average-pool shortcut"):
-        convert_state_dict(random_state(shapes), segcls_model(V1C[:8]))
+def test_openmmlab_v1d_backbone_needs_avg_down_and_fills_it():
+    """An open-mmlab ResNetV1d file (average-pool shortcut) maps onto MODEL.RESNETS.AVG_DOWN's
+    shortcut (downsample.1/.2 -> shortcut/.norm); each shortcut layout is refused by the other
+    model, naming the key to set, since the weights would load and compute other features."""
+    v1d = random_state(mmseg_resnet_v1c("", width=WIDTH, avg_down=True))
+    with pytest.raises(ConversionError, match="ResNetV1d.*set MODEL.RESNETS.AVG_DOWN True"):
+        convert_state_dict(v1d, segcls_model(V1C[:8]), "v1d.pth")
+    model = segcls_model(V1C[:8] + ["MODEL.RESNETS.AVG_DOWN", "True"])
+    conversion = convert_state_dict(v1d, model, "v1d.pth")
+    assert conversion.layout == "openmmlab_resnet" and conversion.unused == []
+    assert set(conversion.tensors) == {k for k in model.state_dict() if k.startswith("backbone.")}
+    assert torch.equal(conversion.tensors["backbone.res3.0.shortcut.weight"], v1d["layer2.0.downsample.1.weight"])
+    assert torch.equal(conversion.tensors["backbone.res3.0.shortcut.norm.running_var"], v1d["layer2.0.downsample.2.running_var"])
+    with pytest.raises(ConversionError, match="v1c.pth.*set MODEL.RESNETS.AVG_DOWN False"):
+        convert_state_dict(random_state(mmseg_resnet_v1c("", width=WIDTH)), model, "v1c.pth")
 
 
 def test_read_checkpoint_rejects_garbage_and_reads_safetensors(tmp_path):

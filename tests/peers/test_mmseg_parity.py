@@ -123,6 +123,22 @@ def test_mmseg_segmentor_equals_segcls_after_conversion(mmseg, name):
     torch.testing.assert_close(got_aux, expected_aux, rtol=0, atol=1e-10 * expected_aux.abs().max())
 
 
+def test_mmseg_resnet_v1d_equals_segcls_avg_down_after_conversion(mmseg):
+    """mmseg's ResNetV1d (deep stem + average-pool shortcut) with an FCN head -> segcls's
+    V1c-stem ResNet with MODEL.RESNETS.AVG_DOWN; without AVG_DOWN the conversion is refused."""
+    from mmseg.models import backbones, decode_heads
+
+    peer = torch.nn.Module()
+    peer.backbone = backbones.ResNetV1d(depth=50, base_channels=WIDTH, dilations=(1, 1, 2, 4), strides=(1, 2, 1, 1),
+                                        contract_dilation=True, norm_cfg=BN)  # fmt: skip
+    peer.decode_head = CASES["fcn"][1](decode_heads)
+    peer = randomize(peer).double().eval()
+    with pytest.raises(Exception, match="AVG_DOWN True"):
+        convert_state_dict(peer.state_dict(), float64_segmentor(CASES["fcn"][0] + V1C, K))
+    model = float64_segmentor(CASES["fcn"][0] + V1C + ["MODEL.RESNETS.AVG_DOWN", "True"], K)
+    assert_equal_after_conversion(peer, model, lambda x: peer.decode_head(peer.backbone(x)))
+
+
 def test_deeplabv3plus_parameter_count_equals_mmseg(mmseg):
     from detectron2.modeling import build_model
     from mmseg.models.decode_heads import DepthwiseSeparableASPPHead

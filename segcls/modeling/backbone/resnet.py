@@ -20,6 +20,10 @@ Dilated ResNets as detectron2 backbones, for semantic segmentation.
   ``i`` uses ``multi_grid[i]``): mmseg's ``g`` is ``RES5_MULTI_GRID = g / rate`` here, e.g. its
   ``(4, 8, 16)`` at dilation 4 is ``[1, 2, 4]`` and its ``(1, 2, 4)`` is ``[0.25, 0.5, 1]`` (the
   products must be integers).
+- ``AVG_DOWN`` (ResNet-D's shortcut, He et al. 2019 "Bag of Tricks", Fig. 2c; mmsegmentation's
+  ``avg_down=True``, its ``ResNetV1d``): a downsampling shortcut average-pools (kernel = stride =
+  the block's stride, ``ceil_mode``, ``count_include_pad=False``) before its 1x1 conv, which then
+  has stride 1 (:class:`AvgDownConv2d`; same parameter names as the plain shortcut).
 
 Outputs are named ``res2``..``res5``; ``output_shape()`` reports each one's true stride
 (so a dilated res5 reports stride 8) and channels.
@@ -30,13 +34,14 @@ names) that loads a local torchvision, open-mmlab or detectron2-named checkpoint
 """
 
 import torch.nn.functional as F
+from torch import nn
 from detectron2.layers import CNNBlockBase, Conv2d, ShapeSpec, get_norm
 from detectron2.modeling import BACKBONE_REGISTRY
 from detectron2.modeling.backbone.resnet import BasicStem, BottleneckBlock, ResNet
 from detectron2.projects.deeplab.resnet import DeepLabStem
 from fvcore.nn import weight_init
 
-from ...converters.convert import resnet_name
+from ...converters.convert import resnet_names
 from .weights import load_checked_state_dict, read_state_dict
 
 # Dilation of (res4, res5) for each supported output stride.
@@ -89,6 +94,33 @@ class DilatedBasicBlock(CNNBlockBase):
         return F.relu_(out + shortcut)
 
 
+class AvgDownConv2d(Conv2d):
+    """
+    ResNet-D's downsampling shortcut (``MODEL.RESNETS.AVG_DOWN``): ``AvgPool2d(stride, stride,
+    ceil_mode=True, count_include_pad=False)`` (mmsegmentation's ``avg_down`` pool; none at stride
+    1) then a 1x1 :class:`Conv2d` (+ norm) at stride 1. (N, C_in, H, W) -> (N, C_out,
+    ceil(H / stride), ceil(W / stride)); parameters named like the plain shortcut conv's
+    (``weight``, ``norm.*``), so open-mmlab ResNetV1d files map onto them.
+    """
+
+    def __init__(self, in_channels, out_channels, *, stride, norm):
+        super().__init__(in_channels, out_channels, kernel_size=1, bias=False, norm=get_norm(norm, out_channels))
+        self.pool = nn.AvgPool2d(stride, stride, ceil_mode=True, count_include_pad=False) if stride > 1 else None
+        weight_init.c2_msra_fill(self)
+
+    def forward(self, x):
+        return super().forward(x if self.pool is None else self.pool(x))
+
+
+def _use_avg_down(stage, norm):
+    """Replace every downsampling shortcut of ``stage`` (a list of blocks) by an :class:`AvgDownConv2d`
+    of the same channels and stride."""
+    for block in stage:
+        if block.shortcut is not None:
+            conv = block.shortcut
+            block.shortcut = AvgDownConv2d(conv.in_channels, conv.out_channels, stride=conv.stride[0], norm=norm)
+
+
 class DilatedResNet(ResNet):
     """detectron2's :class:`ResNet` (modules and parameter names unchanged) with its own loader of
     pretrained weights."""
@@ -96,12 +128,14 @@ class DilatedResNet(ResNet):
     def load_pretrained(self, path: str, key: str = "weights"):
         """Load the local checkpoint ``path`` (see :func:`read_state_dict`; ``key`` names the option
         that gave it, for the errors): torchvision and open-mmlab (ResNetV1c stem ``stem.0..7``)
-        ResNet names are mapped to detectron2's (:func:`segcls.converters.resnet_name`),
+        ResNet names are mapped to detectron2's (:func:`segcls.converters.resnet_names`; an
+        open-mmlab ResNetV1d file needs ``MODEL.RESNETS.AVG_DOWN``),
         detectron2 names are loaded as they are; the classifier (fc.*) is skipped; shapes are
         checked (:func:`load_checked_state_dict`). Returns the keys left unloaded."""
         state_dict = read_state_dict(path, key)
         if "layer1.0.conv1.weight" in state_dict:
-            state_dict = {resnet_name(k) or k: v for k, v in state_dict.items()}
+            names = resnet_names(state_dict, self, path)
+            state_dict = {names[k] or k: v for k, v in state_dict.items()}
         return load_checked_state_dict(self, state_dict, path, "detectron2 ResNet", skipped=("fc.weight", "fc.bias"))
 
 
@@ -171,7 +205,10 @@ def build_resnet_dilated_backbone(cfg, input_shape: ShapeSpec):
             bottleneck_channels *= 2
         else:
             stage_kargs["block_class"] = DilatedBasicBlock
-        stages.append(ResNet.make_stage(**stage_kargs))
+        stage = ResNet.make_stage(**stage_kargs)
+        if r.AVG_DOWN:
+            _use_avg_down(stage, norm)
+        stages.append(stage)
         in_channels = out_channels
         out_channels *= 2
     return DilatedResNet(stem, stages, out_features=r.OUT_FEATURES).freeze(cfg.MODEL.BACKBONE.FREEZE_AT)
