@@ -200,3 +200,15 @@ def float64_segmentor(opts, num_classes):
     base = ["MODEL.DEVICE", "cpu", "MODEL.SEM_SEG_HEAD.NUM_CLASSES", num_classes,
             "MODEL.PIXEL_MEAN", "[0.0, 0.0, 0.0]", "MODEL.PIXEL_STD", "[1.0, 1.0, 1.0]"]  # fmt: skip
     return build_model(load_config(opts=base + list(opts))).double().eval()
+
+
+def timm_model_kwargs(monkeypatch, **model_kwargs):
+    """Make ``build_timm_backbone`` pass ``model_kwargs`` to ``timm.create_model`` (no config key
+    sets a timm model's widths or depths; e.g. a narrow Swin keeps the converter tests fast)."""
+    from segcls.modeling.backbone import timm_backbone
+
+    class Narrow(timm_backbone.TimmBackbone):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, model_kwargs=model_kwargs, **kwargs)
+
+    monkeypatch.setattr(timm_backbone, "TimmBackbone", Narrow)

@@ -11,8 +11,9 @@ The model of the config is built and the input (a .pth / .pt / .bin torch file, 
 mapped onto it (``segcls.converters``):
 
 - whole models: mmsegmentation segmentors (FCN, PSPNet, DeepLabV3, DeepLabV3+ in mmseg's layout,
-  UPerNet, Non-local, CCNet, DANet, OCRNet; ResNetV1c/V1d backbone, or Swin with UPerNet; auxiliary
-  head included), HF ``UperNetForSemanticSegmentation`` with a ConvNeXt backbone, torchvision
+  UPerNet, Non-local, CCNet, DANet, OCRNet; ResNetV1c/V1d backbone, or Swin or mmpretrain's
+  ConvNeXt with UPerNet; auxiliary head included), HF ``UperNetForSemanticSegmentation`` with a
+  ConvNeXt or Swin backbone, torchvision
   ``fcn_resnet50/101`` and ``deeplabv3_resnet50/101`` (auxiliary head included), segcls /
   detectron2 checkpoints;
 - backbones: torchvision and open-mmlab (ResNetV1c; ResNetV1d with ``MODEL.RESNETS.AVG_DOWN True``)

@@ -7,17 +7,22 @@ Source layouts (:func:`detect_layout`):
 - ``"torchvision_segmentation"``: torchvision's ``fcn_resnet50/101`` and
   ``deeplabv3_resnet50/101`` (``backbone.layerX``, ``classifier.*``, ``aux_classifier.*``);
 - ``"mmseg"``: an mmsegmentation 1.x segmentor (``backbone.*``, ``decode_head.conv_seg``,
-  ``auxiliary_head.*``) with a ResNetV1c or ResNetV1d (target: ``MODEL.RESNETS.AVG_DOWN``) backbone and an FCN, PSP, ASPP (DeepLabV3),
-  depthwise-separable ASPP (DeepLabV3+), UPerNet, Non-local, CCNet or DANet head, or OCRNet's
-  cascade (``decode_head.0`` FCN, ``decode_head.1`` OCR); or a Swin backbone (target:
-  ``build_timm_backbone`` with the same Swin and ``MODEL.TIMM.OUT_NORM``) with UPerNet;
+  ``auxiliary_head.*``) with a ResNetV1c or ResNetV1d (target: ``MODEL.RESNETS.AVG_DOWN``)
+  backbone and an FCN, PSP, ASPP (DeepLabV3), depthwise-separable ASPP (DeepLabV3+), UPerNet, Non-local, CCNet or DANet head, or OCRNet's
+  cascade (``decode_head.0`` FCN, ``decode_head.1`` OCR); or, with UPerNet, a Swin backbone
+  (``backbone.stages.i.blocks``) or mmpretrain's ConvNeXt (``mmpretrain.ConvNeXt``,
+  ``backbone.downsample_layers``, ``backbone.stages.i.j``; target for both:
+  ``build_timm_backbone`` with the same Swin / ConvNeXt and ``MODEL.TIMM.OUT_NORM`` for the
+  backbone's ``norm0..3``);
 - ``"hf_upernet"``: HF ``UperNetForSemanticSegmentation`` with a ConvNeXt backbone
-  (``backbone.embeddings``, ``backbone.encoder.stages``, ``backbone.hidden_states_norms``; target:
-  ``build_timm_backbone`` with the same ConvNeXt, ``MODEL.TIMM.OUT_NORM``, ``UPerHead`` and an
-  FCN auxiliary head on res4);
+  (``backbone.embeddings.patch_embeddings``, ``backbone.encoder.stages``) or a Swin backbone
+  (``backbone.embeddings.patch_embeddings.projection``, ``backbone.encoder.layers``: the names of
+  transformers 4.x and of 5.x's files; 5.x modules: ``backbone.swin.*``), with
+  ``backbone.hidden_states_norms`` (target: ``build_timm_backbone`` with the same ConvNeXt / Swin,
+  ``MODEL.TIMM.OUT_NORM``, ``UPerHead`` and an FCN auxiliary head on res4);
 - ``"torchvision_resnet"`` / ``"openmmlab_resnet"``: ImageNet ResNet backbones (torchvision's
-  ``conv1``/``layerX`` names; open-mmlab's ResNetV1c/V1d with the 3-conv stem ``stem.0..7``, V1d's average-pool
-  shortcut ``downsample.0..2`` needing ``MODEL.RESNETS.AVG_DOWN``);
+  ``conv1``/``layerX`` names; open-mmlab's ResNetV1c/V1d with the 3-conv stem ``stem.0..7``,
+  V1d's average-pool shortcut ``downsample.0..2`` needing ``MODEL.RESNETS.AVG_DOWN``);
 - ``"segcls"``: names that already are segcls's (e.g. a segcls or detectron2 checkpoint).
 
 The target is a built segcls model (``PerPixelSegmentor``); backbone layouts fill
@@ -28,12 +33,16 @@ another shape, is an error naming them unless ``allow_partial``.
 Known layout differences handled here: mmseg's ASPP concatenates [image pool, 1x1, atrous...],
 segcls [1x1, atrous..., image pool] (the fusing conv's input-channel blocks are permuted);
 mmseg's ConvModule ``X.conv`` / ``X.bn`` are segcls's ``Y`` / ``Y.norm``; mmcv's ``Scale`` gammas
-are 0-d, segcls's (1,).
+are 0-d, segcls's (1,); mmseg's Swin concatenates PatchMerging's 2x2 neighbours in ``nn.Unfold``'s
+order (permuted; HF's order is timm's); HF's Swin has separate q / k / v Linear layers (timm: one
+fused ``qkv``); mmpretrain's and HF's ConvNeXt pointwise Linear layers are timm's 1x1 convs where
+the timm model has ``conv_mlp`` (reshaped); a Swin's ``relative_position_index`` buffers are
+derived (not mapped).
 """
 import logging
 import re
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple, Union
 
 import torch
 
@@ -69,12 +78,16 @@ class _Mapping:
         self.out: Dict[str, torch.Tensor] = {}
         self.used = set()
 
-    def take(self, dst: str, src: str, transform: Optional[Callable] = None) -> bool:
-        if src not in self.source:
+    def take(self, dst: str, src: Union[str, Tuple[str, ...]], transform: Optional[Callable] = None) -> bool:
+        """``dst`` <- the tensor ``src`` (``transform``-ed), or the tensors of the names ``src`` (a
+        tuple, e.g. separate q, k, v projections for a fused qkv) concatenated along dim 0; nothing
+        (False) when a source is absent."""
+        names = (src,) if isinstance(src, str) else src
+        if any(name not in self.source for name in names):
             return False
-        tensor = self.source[src]
+        tensor = self.source[src] if isinstance(src, str) else torch.cat([self.source[name] for name in names])
         self.out[dst] = transform(tensor) if transform is not None else tensor
-        self.used.add(src)
+        self.used.update(names)
         return True
 
     def conv_bn(self, dst: str, src_conv: str, src_bn: str, transform: Optional[Callable] = None):
@@ -361,6 +374,73 @@ def _mmseg_ocr_cascade(mapping: _Mapping, src: str, dst: str):
     mapping.conv_module(f"{dst}.tail.conv", f"{block}.bottleneck")
 
 
+# ------------------------------------------------------------------------------------------------
+# Swin / ConvNeXt backbones -> segcls's timm backbone
+# ------------------------------------------------------------------------------------------------
+def _rename(name: str, table) -> Optional[str]:
+    """``name`` rewritten by the first (pattern, replacement) of ``table`` that matches (a
+    replacement string or function, as for ``re.sub``), else None."""
+    for pattern, replacement in table:
+        renamed, n = re.subn(pattern, replacement, name)
+        if n:
+            return renamed
+    return None
+
+
+class _TimmTarget:
+    """segcls's ``TimmBackbone`` with output norms (``build_timm_backbone`` with the peer's Swin /
+    ConvNeXt and ``MODEL.TIMM.OUT_NORM``) as the target of a peer backbone ``backbone.*``: the peer's
+    output norms (``out_norm``: a pattern of their names whose groups are the level number and
+    weight/bias, and the number of the first level) go to ``out_norms.res2..res5``; the trunk
+    tensors, named by the full timm model's names, to ``model.*`` (its features_only names)."""
+
+    def __init__(self, mapping: _Mapping, backbone, source: str, out_norm: Tuple[str, int]):
+        if not hasattr(backbone, "full_to_features_names") or getattr(backbone, "out_norms", None) is None:
+            raise ConversionError(
+                f"{source}'s backbone needs build_timm_backbone with the same model (MODEL.TIMM.NAME) and "
+                "MODEL.TIMM.OUT_NORM True (its per-stage output norms)"
+            )
+        self.mapping = mapping
+        self.to_features = backbone.full_to_features_names()
+        self.shapes = {k: v.shape for k, v in backbone.model.state_dict().items()}
+        self.levels = sorted(backbone.out_norms.keys())
+        self.out_norm = out_norm
+
+    def names(self):
+        """(source name, name without ``backbone.``) of the trunk tensors to map; maps the output
+        norms and marks the derived ``relative_position_index`` buffers used (timm rebuilds them)."""
+        pattern, first = self.out_norm
+        for src in list(self.mapping.source):
+            if not src.startswith("backbone."):
+                continue
+            name = src[len("backbone."):]
+            m = re.fullmatch(pattern, name)
+            if m:
+                self.mapping.take(f"backbone.out_norms.{self.levels[int(m.group(1)) - first]}.{m.group(2)}", src)
+            elif name.endswith("relative_position_index"):
+                self.mapping.used.add(src)
+            else:
+                yield src, name
+
+    def take(self, timm_name: Optional[str], src, transform: Optional[Callable] = None):
+        """``src`` (see :meth:`_Mapping.take`) -> timm's ``timm_name``, reshaped to the target's shape
+        where only the shape differs (a pointwise Linear (C_out, C_in) as timm's 1x1 conv with
+        conv_mlp); names that are no trunk tensor (None, a classifier) are left unused."""
+        if timm_name not in self.to_features:
+            return
+        dst = self.to_features[timm_name]
+        shape = self.shapes[dst]
+
+        def fit(t):
+            t = transform(t) if transform is not None else t
+            return t.reshape(shape) if t.numel() == shape.numel() else t
+
+        self.mapping.take("backbone.model." + dst, src, fit)
+
+
+_MMSEG_OUT_NORM = (r"norm(\d)\.(weight|bias)", 0)  # mmseg's Swin, mmpretrain's ConvNeXt: norm0..3
+_HF_OUT_NORM = (r"hidden_states_norms\.stage(\d)\.(weight|bias)", 1)  # HF backbones: stage1..4
+
 _MMSEG_SWIN = [
     (r"patch_embed\.projection\.", "patch_embed.proj."),
     (r"patch_embed\.norm\.", "patch_embed.norm."),
@@ -369,26 +449,6 @@ _MMSEG_SWIN = [
     (r"stages\.(\d+)\.blocks\.(\d+)\.ffn\.layers\.1\.", r"layers.\1.blocks.\2.mlp.fc2."),
     (r"stages\.(\d+)\.blocks\.(\d+)\.(norm\d)\.", r"layers.\1.blocks.\2.\3."),
 ]  # mmseg SwinTransformer name -> timm SwinTransformer name (PatchMerging: see _map_mmseg_swin)
-
-
-def _rename(name: str, table) -> Optional[str]:
-    """``name`` rewritten by the first (pattern, replacement) of ``table`` that matches, else None."""
-    for pattern, replacement in table:
-        renamed, n = re.subn(pattern, replacement, name)
-        if n:
-            return renamed
-    return None
-
-
-def _timm_target(backbone, source: str) -> Dict[str, str]:
-    """{timm full name: segcls features name} of a TimmBackbone with output norms, for ``source``'s
-    backbone (which has them); a clear error for another target."""
-    if not hasattr(backbone, "full_to_features_names") or getattr(backbone, "out_norms", None) is None:
-        raise ConversionError(
-            f"{source}'s backbone needs build_timm_backbone with the same model (MODEL.TIMM.NAME) and "
-            "MODEL.TIMM.OUT_NORM True (its per-stage output norms)"
-        )
-    return backbone.full_to_features_names()
 
 
 def _unfold_to_timm_order(channels: int) -> torch.Tensor:
@@ -404,33 +464,42 @@ def _map_mmseg_swin(mapping: _Mapping, backbone):
     """mmseg's SwinTransformer (``backbone.*``) -> segcls's timm Swin (``build_timm_backbone``,
     ``MODEL.TIMM.OUT_NORM`` for mmseg's ``norm0..3``). mmseg's PatchMerging closes stage i, timm's
     opens stage i + 1; its 4C inputs are permuted (:func:`_unfold_to_timm_order`)."""
-    to_features = _timm_target(backbone, "mmseg's Swin")
-    levels = sorted(backbone.out_norms.keys())
-    for src in list(mapping.source):
-        if not src.startswith("backbone."):
-            continue
-        name = src[len("backbone."):]
-        if name.endswith("relative_position_index"):  # a derived buffer, rebuilt by timm
-            mapping.used.add(src)
-            continue
-        m = re.fullmatch(r"norm(\d)\.(weight|bias)", name)
-        if m:
-            mapping.take(f"backbone.out_norms.{levels[int(m.group(1))]}.{m.group(2)}", src)
-            continue
+    target = _TimmTarget(mapping, backbone, "mmseg's Swin", _MMSEG_OUT_NORM)
+    for src, name in target.names():
         m = re.fullmatch(r"stages\.(\d+)\.downsample\.(norm|reduction)\.(weight|bias)", name)
         if m:
-            timm_name = f"layers.{int(m.group(1)) + 1}.downsample.{m.group(2)}.{m.group(3)}"
             perm = _unfold_to_timm_order(mapping.source[src].shape[-1] // 4)
             transform = (lambda t, p=perm: t[:, p]) if mapping.source[src].dim() == 2 else (lambda t, p=perm: t[p])
+            target.take(f"layers.{int(m.group(1)) + 1}.downsample.{m.group(2)}.{m.group(3)}", src, transform)
         else:
-            timm_name, transform = _rename(name, _MMSEG_SWIN), None
-        if timm_name in to_features:
-            mapping.take("backbone.model." + to_features[timm_name], src, transform)
+            target.take(_rename(name, _MMSEG_SWIN), src)
+
+
+_MMPRETRAIN_CONVNEXT = [
+    (r"^downsample_layers\.0\.", "stem."),
+    (r"^downsample_layers\.(\d+)\.", r"stages.\1.downsample."),
+    (r"^stages\.(\d+)\.(\d+)\.depthwise_conv\.", r"stages.\1.blocks.\2.conv_dw."),
+    (r"^stages\.(\d+)\.(\d+)\.norm\.", r"stages.\1.blocks.\2.norm."),
+    (r"^stages\.(\d+)\.(\d+)\.pointwise_conv1\.", r"stages.\1.blocks.\2.mlp.fc1."),
+    (r"^stages\.(\d+)\.(\d+)\.pointwise_conv2\.", r"stages.\1.blocks.\2.mlp.fc2."),
+    (r"^stages\.(\d+)\.(\d+)\.gamma$", r"stages.\1.blocks.\2.gamma"),
+]  # mmpretrain ConvNeXt name -> timm ConvNeXt name: downsample_layers.0 = (stem conv, LN), .i = (LN, 2x2 conv)
+
+
+def _map_mmpretrain_convnext(mapping: _Mapping, backbone):
+    """mmseg's ``mmpretrain.ConvNeXt`` backbone (``backbone.*``, ``gap_before_final_norm=False``)
+    -> segcls's timm ConvNeXt (``MODEL.TIMM.OUT_NORM`` for its ``norm0..3``); its pointwise Linear
+    layers (``linear_pw_conv``, the default) fit timm's 1x1 convs (``conv_mlp``) by a reshape."""
+    target = _TimmTarget(mapping, backbone, "mmpretrain's ConvNeXt", _MMSEG_OUT_NORM)
+    for src, name in target.names():
+        target.take(_rename(name, _MMPRETRAIN_CONVNEXT), src)
 
 
 def _convert_mmseg(mapping: _Mapping, model):
     if any(k.startswith("backbone.stages.0.blocks.0.attn.w_msa.") for k in mapping.source):
         _map_mmseg_swin(mapping, model.backbone)
+    elif "backbone.downsample_layers.0.0.weight" in mapping.source:
+        _map_mmpretrain_convnext(mapping, model.backbone)
     else:
         _map_resnet(mapping, "backbone.", "backbone.", model.backbone)
     if type(model.decode_head).__name__ == "OCRHead":
@@ -445,7 +514,7 @@ def _convert_mmseg(mapping: _Mapping, model):
 
 
 # ------------------------------------------------------------------------------------------------
-# HF UperNet (ConvNeXt backbone)
+# HF UperNet (ConvNeXt or Swin backbone)
 # ------------------------------------------------------------------------------------------------
 _HF_CONVNEXT = [
     (r"embeddings\.patch_embeddings\.", "stem.0."),
@@ -458,26 +527,53 @@ _HF_CONVNEXT = [
     (r"encoder\.stages\.(\d+)\.layers\.(\d+)\.pwconv2\.", r"stages.\1.blocks.\2.mlp.fc2."),
 ]  # HF ConvNextModel name -> timm ConvNeXt name
 
+_HF_BLOCK = r"^(?:swin\.)?encoder\.layers\.(\d+)\.blocks\.(\d+)\."
+_HF_SWIN = [
+    (r"^(?:swin\.)?embeddings\.patch_embeddings\.projection\.", "patch_embed.proj."),
+    (r"^(?:swin\.)?embeddings\.norm\.", "patch_embed.norm."),
+    (r"^(?:swin\.)?encoder\.layers\.(\d+)\.downsample\.", lambda m: f"layers.{int(m.group(1)) + 1}.downsample."),
+    (_HF_BLOCK + r"layernorm_before\.", r"layers.\1.blocks.\2.norm1."),
+    (_HF_BLOCK + r"layernorm_after\.", r"layers.\1.blocks.\2.norm2."),
+    (_HF_BLOCK + r"attention\.(?:self|relative_position_bias)\.relative_position_bias_table$",
+     r"layers.\1.blocks.\2.attn.relative_position_bias_table"),
+    (_HF_BLOCK + r"attention\.(?:self\.query|q_proj)\.", r"layers.\1.blocks.\2.attn.qkv."),
+    (_HF_BLOCK + r"attention\.(?:output\.dense|o_proj)\.", r"layers.\1.blocks.\2.attn.proj."),
+    (_HF_BLOCK + r"(?:intermediate\.dense|mlp\.fc1)\.", r"layers.\1.blocks.\2.mlp.fc1."),
+    (_HF_BLOCK + r"(?:output\.dense|mlp\.fc2)\.", r"layers.\1.blocks.\2.mlp.fc2."),
+]  # HF SwinBackbone name (files: transformers 4.x names; modules of 5.x: swin.*, q/k/v/o_proj, mlp.*) -> timm Swin
+_HF_QKV = {"self.query": ("self.query", "self.key", "self.value"), "q_proj": ("q_proj", "k_proj", "v_proj")}  # 4.x, 5.x
+
+
+def _map_hf_convnext(mapping: _Mapping, backbone):
+    """HF's ConvNextBackbone -> segcls's timm ConvNeXt (``MODEL.TIMM.OUT_NORM`` for HF's
+    ``hidden_states_norms``); HF's pointwise Linear layers fit timm's 1x1 convs by a reshape."""
+    target = _TimmTarget(mapping, backbone, "HF UperNet's ConvNeXt", _HF_OUT_NORM)
+    for src, name in target.names():
+        target.take(_rename(name, _HF_CONVNEXT), src)
+
+
+def _map_hf_swin(mapping: _Mapping, backbone):
+    """HF's SwinBackbone -> segcls's timm Swin (``MODEL.TIMM.OUT_NORM`` for HF's
+    ``hidden_states_norms``). HF's separate query / key / value Linear layers are timm's fused
+    ``attn.qkv`` (concatenated in that order); HF's ``layers.i.downsample`` closes stage i, timm's
+    opens stage i + 1, with the same 2x2 concatenation order (no permutation, unlike mmseg's).
+    HF SwinModel's final ``layernorm`` is not part of the backbone's computation: left unused."""
+    target = _TimmTarget(mapping, backbone, "HF UperNet's Swin", _HF_OUT_NORM)
+    for src, name in target.names():
+        m = re.fullmatch(r"(.+\.attention\.)(self\.query|q_proj)(\.weight|\.bias)", name)
+        if m:  # the key / value names are consumed with the query's
+            parts = _HF_QKV[m.group(2)]
+            target.take(_rename(name, _HF_SWIN), tuple(f"backbone.{m.group(1)}{p}{m.group(3)}" for p in parts))
+        else:
+            target.take(_rename(name, _HF_SWIN), src)
+
 
 def _convert_hf_upernet(mapping: _Mapping, model):
-    backbone = model.backbone
-    to_features = _timm_target(backbone, "HF UperNet's ConvNeXt")
-    shapes = {k: v.shape for k, v in backbone.state_dict().items()}
-    levels = sorted(backbone.out_norms.keys())
-    for src in list(mapping.source):
-        if not src.startswith("backbone."):
-            continue
-        name = src[len("backbone."):]
-        m = re.fullmatch(r"hidden_states_norms\.stage(\d)\.(weight|bias)", name)
-        if m:
-            mapping.take(f"backbone.out_norms.{levels[int(m.group(1)) - 1]}.{m.group(2)}", src)
-            continue
-        timm_name = _rename(name, _HF_CONVNEXT)
-        if timm_name in to_features:
-            # HF's pointwise Linear (C_out, C_in) is timm's 1x1 conv (C_out, C_in, 1, 1) with conv_mlp
-            shape = shapes["model." + to_features[timm_name]]
-            reshape = lambda t, shape=shape: t.reshape(shape) if t.numel() == shape.numel() else t  # noqa: E731
-            mapping.take("backbone.model." + to_features[timm_name], src, reshape)
+    swin = r"backbone\.(swin\.)?embeddings\.patch_embeddings\.projection\.weight"  # ConvNeXt's: patch_embeddings.weight
+    if any(re.fullmatch(swin, k) for k in mapping.source):
+        _map_hf_swin(mapping, model.backbone)
+    else:
+        _map_hf_convnext(mapping, model.backbone)
     _uper_head(mapping, model.decode_head, "decode_head", "decode_head", bn="batch_norm")
     mapping.linear("classifier.conv", "decode_head.classifier")
     if getattr(model, "aux_head", None) is not None and "auxiliary_head.classifier.weight" in mapping.source:

@@ -17,7 +17,7 @@ from detectron2.modeling import build_model
 from segcls.converters import ConversionError, convert_state_dict, read_checkpoint
 from segcls.engine.defaults import load_config
 from segcls.modeling.layers import resize
-from helpers import float64_segmentor, randomize
+from helpers import float64_segmentor, randomize, timm_model_kwargs
 
 K = 5
 
@@ -296,6 +296,27 @@ def test_openmmlab_v1c_backbone_fills_the_deep_stem():
     assert set(conversion.tensors) == {k for k in model.state_dict() if k.startswith("backbone.")}
 
 
+# A narrow Swin-T for the Swin layouts: timm's swin_tiny_patch4_window7_224 with these arguments
+# (helpers.timm_model_kwargs), the same depths / widths / heads in the peers.
+TINY_SWIN = dict(embed_dim=16, depths=(2, 2, 2, 2), num_heads=(1, 1, 2, 2))
+UPERNET_SWIN = ["MODEL.BACKBONE.NAME", "build_timm_backbone", "MODEL.TIMM.NAME", "swin_tiny_patch4_window7_224",
+                "MODEL.TIMM.OUT_NORM", "True", "MODEL.DECODE_HEAD.NAME", "UPerHead",
+                "MODEL.DECODE_HEAD.IN_FEATURES", '["res2", "res3", "res4", "res5"]', "MODEL.DECODE_HEAD.CHANNELS", CH,
+                "MODEL.AUX_HEAD.ENABLED", "True", "MODEL.AUX_HEAD.CHANNELS", 8]  # fmt: skip
+# ConvNeXt "atto" (HF's config below, mmpretrain's arch) in place of the Swin
+UPERNET_CONVNEXT_ATTO = ["convnext_atto" if o == "swin_tiny_patch4_window7_224" else o for o in UPERNET_SWIN]
+
+
+def hf_uper_heads(in_channels, ch, aux_ch):
+    """{name: shape} of HF UperNet's UperNetHead (``batch_norm``, ``classifier``) and auxiliary
+    UperNetFCNHead on the third level: mmseg's names but the norm's and the classifier's."""
+    hf = {k.replace(".bn.", ".batch_norm."): v for k, v in mmseg_uper_head("decode_head", list(in_channels), ch).items()}
+    hf["decode_head.classifier.weight"], hf["decode_head.classifier.bias"] = hf.pop("decode_head.conv_seg.weight"), hf.pop("decode_head.conv_seg.bias")
+    aux = {k.replace(".bn.", ".batch_norm.").replace("conv_seg", "classifier"): v
+           for k, v in mmseg_fcn_head("auxiliary_head", in_channels[2], aux_ch, 1, False).items()}  # fmt: skip
+    return {**hf, **aux}
+
+
 def hf_upernet_convnext(widths=(40, 80, 160, 320), depths=(2, 2, 6, 2), ch=CH, aux_ch=8):
     """{name: shape} of HF's UperNetForSemanticSegmentation with a ConvNextBackbone (transformers 5.x
     names; the peers suite checks them against the real module)."""
@@ -313,20 +334,12 @@ def hf_upernet_convnext(widths=(40, 80, 160, 320), depths=(2, 2, 6, 2), ch=CH, a
                            f"{layer}.layernorm.weight": (c,), f"{layer}.layernorm.bias": (c,), f"{layer}.pwconv1.weight": (4 * c, c),
                            f"{layer}.pwconv1.bias": (4 * c,), f"{layer}.pwconv2.weight": (c, 4 * c), f"{layer}.pwconv2.bias": (c,)})  # fmt: skip
         shapes.update({f"backbone.hidden_states_norms.stage{i + 1}.weight": (c,), f"backbone.hidden_states_norms.stage{i + 1}.bias": (c,)})
-    hf = {k.replace(".bn.", ".batch_norm."): v for k, v in mmseg_uper_head("decode_head", list(widths), ch).items()}
-    hf["decode_head.classifier.weight"], hf["decode_head.classifier.bias"] = hf.pop("decode_head.conv_seg.weight"), hf.pop("decode_head.conv_seg.bias")
-    aux = {k.replace(".bn.", ".batch_norm.").replace("conv_seg", "classifier"): v
-           for k, v in mmseg_fcn_head("auxiliary_head", widths[2], aux_ch, 1, False).items()}  # fmt: skip
-    return {**shapes, **hf, **aux}
+    return {**shapes, **hf_uper_heads(widths, ch, aux_ch)}
 
 
 def test_hf_upernet_convnext_layout_maps_every_tensor():
     state = {k: v.float() if v.is_floating_point() else v for k, v in random_state(hf_upernet_convnext()).items()}
-    model = segcls_model(
-        ["MODEL.BACKBONE.NAME", "build_timm_backbone", "MODEL.TIMM.NAME", "convnext_atto", "MODEL.TIMM.OUT_NORM", "True",
-         "MODEL.DECODE_HEAD.NAME", "UPerHead", "MODEL.DECODE_HEAD.IN_FEATURES", '["res2", "res3", "res4", "res5"]',
-         "MODEL.DECODE_HEAD.CHANNELS", CH, "MODEL.AUX_HEAD.ENABLED", "True", "MODEL.AUX_HEAD.CHANNELS", 8]
-    )  # fmt: skip
+    model = segcls_model(UPERNET_CONVNEXT_ATTO)
     conversion = convert_state_dict(state, model, "hf")
     assert conversion.layout == "hf_upernet" and conversion.unused == []
     assert set(conversion.tensors) == set(model.state_dict())
@@ -335,6 +348,100 @@ def test_hf_upernet_convnext_layout_maps_every_tensor():
     del state["backbone.hidden_states_norms.stage3.bias"]
     with pytest.raises(ConversionError, match=r"unmapped.*backbone\.out_norms\.res4\.bias"):
         convert_state_dict(state, model, "hf")
+
+
+def hf_upernet_swin(file_names, embed=16, depths=(2, 2, 2, 2), heads=(1, 1, 2, 2), window=7, ch=CH, aux_ch=8):
+    """{name: shape} of HF's UperNetForSemanticSegmentation with a SwinBackbone: the module's names
+    in transformers 5.x (``file_names`` False: ``swin.*``, ``attention.q/k/v/o_proj``, ``mlp.fc1/2``)
+    or those 5.x writes to a file with ``save_pretrained``, as the 4.x files (``attention.self.query``
+    .., ``attention.output.dense``, ``intermediate.dense``, ``output.dense``). Both have SwinModel's
+    final ``layernorm``, which SwinBackbone does not use. The peers suite checks them."""
+    swin = "backbone." if file_names else "backbone.swin."
+    proj = (("self.query", "self.key", "self.value", "output.dense") if file_names
+            else ("q_proj", "k_proj", "v_proj", "o_proj"))  # fmt: skip
+    table = "self." if file_names else "relative_position_bias."
+    fc1, fc2 = ("intermediate.dense", "output.dense") if file_names else ("mlp.fc1", "mlp.fc2")
+    shapes = {f"{swin}embeddings.patch_embeddings.projection.weight": (embed, 3, 4, 4),
+              f"{swin}embeddings.patch_embeddings.projection.bias": (embed,),
+              f"{swin}embeddings.norm.weight": (embed,), f"{swin}embeddings.norm.bias": (embed,)}  # fmt: skip
+    widths = [embed * 2**i for i in range(len(depths))]
+    for i, (c, d) in enumerate(zip(widths, depths)):
+        for j in range(d):
+            block = f"{swin}encoder.layers.{i}.blocks.{j}"
+            for p in proj:
+                shapes.update({f"{block}.attention.{p}.weight": (c, c), f"{block}.attention.{p}.bias": (c,)})
+            shapes[f"{block}.attention.{table}relative_position_bias_table"] = ((2 * window - 1) ** 2, heads[i])
+            for norm in ("layernorm_before", "layernorm_after"):
+                shapes.update({f"{block}.{norm}.weight": (c,), f"{block}.{norm}.bias": (c,)})
+            shapes.update({f"{block}.{fc1}.weight": (4 * c, c), f"{block}.{fc1}.bias": (4 * c,),
+                           f"{block}.{fc2}.weight": (c, 4 * c), f"{block}.{fc2}.bias": (c,)})  # fmt: skip
+        if i < len(depths) - 1:
+            down = f"{swin}encoder.layers.{i}.downsample"
+            shapes.update({f"{down}.reduction.weight": (2 * c, 4 * c), f"{down}.norm.weight": (4 * c,), f"{down}.norm.bias": (4 * c,)})
+        shapes.update({f"backbone.hidden_states_norms.stage{i + 1}.weight": (c,), f"backbone.hidden_states_norms.stage{i + 1}.bias": (c,)})
+    shapes.update({"backbone.swin.layernorm.weight": (widths[-1],), "backbone.swin.layernorm.bias": (widths[-1],)})
+    return {**shapes, **hf_uper_heads(widths, ch, aux_ch)}
+
+
+@pytest.mark.parametrize("file_names", [False, True], ids=["module_names", "file_names"])
+def test_hf_upernet_swin_layout_maps_every_tensor(monkeypatch, file_names):
+    timm_model_kwargs(monkeypatch, **TINY_SWIN)
+    state = random_state(hf_upernet_swin(file_names))
+    model = segcls_model(UPERNET_SWIN)
+    conversion = convert_state_dict(state, model, "hf")
+    assert conversion.layout == "hf_upernet"
+    assert conversion.unused == ["backbone.swin.layernorm.bias", "backbone.swin.layernorm.weight"]  # not in SwinBackbone's forward
+    assert set(conversion.tensors) == set(model.state_dict())
+    qkv = "backbone.model." + model.backbone.full_to_features_names()["layers.2.blocks.1.attn.qkv.weight"]
+    attention = ("backbone.encoder.layers.2.blocks.1.attention.self." if file_names
+                 else "backbone.swin.encoder.layers.2.blocks.1.attention.")  # fmt: skip
+    parts = ("query", "key", "value") if file_names else ("q_proj", "k_proj", "v_proj")
+    assert torch.equal(conversion.tensors[qkv], torch.cat([state[f"{attention}{p}.weight"] for p in parts]))
+    reduction = "backbone.model." + model.backbone.full_to_features_names()["layers.1.downsample.reduction.weight"]
+    encoder = attention.split("layers.")[0]  # HF's downsample closing stage 0 opens timm's stage 1
+    assert torch.equal(conversion.tensors[reduction], state[encoder + "layers.0.downsample.reduction.weight"])
+    del state[f"{attention}{parts[1]}.bias"]
+    with pytest.raises(ConversionError, match=r"unmapped.*'backbone\.model\.layers_2\.blocks\.1\.attn\.qkv\.bias'"):
+        convert_state_dict(state, model, "hf")
+
+
+def mmpretrain_convnext(prefix, widths=(40, 80, 160, 320), depths=(2, 2, 6, 2)):
+    """{name: shape} of mmpretrain 1.2.0's ConvNeXt (``out_indices=[0, 1, 2, 3]``,
+    ``gap_before_final_norm=False``, the default ``linear_pw_conv``: Linear pointwise layers), as
+    mmseg's UPerNet-ConvNeXt configs build it."""
+    shapes = {f"{prefix}downsample_layers.0.0.weight": (widths[0], 3, 4, 4), f"{prefix}downsample_layers.0.0.bias": (widths[0],),
+              f"{prefix}downsample_layers.0.1.weight": (widths[0],), f"{prefix}downsample_layers.0.1.bias": (widths[0],)}  # fmt: skip
+    for i, (c, d) in enumerate(zip(widths, depths)):
+        if i:
+            down = f"{prefix}downsample_layers.{i}"
+            shapes.update({f"{down}.0.weight": (widths[i - 1],), f"{down}.0.bias": (widths[i - 1],),
+                           f"{down}.1.weight": (c, widths[i - 1], 2, 2), f"{down}.1.bias": (c,)})  # fmt: skip
+        for j in range(d):
+            block = f"{prefix}stages.{i}.{j}"
+            shapes.update({f"{block}.gamma": (c,), f"{block}.depthwise_conv.weight": (c, 1, 7, 7), f"{block}.depthwise_conv.bias": (c,),
+                           f"{block}.norm.weight": (c,), f"{block}.norm.bias": (c,), f"{block}.pointwise_conv1.weight": (4 * c, c),
+                           f"{block}.pointwise_conv1.bias": (4 * c,), f"{block}.pointwise_conv2.weight": (c, 4 * c),
+                           f"{block}.pointwise_conv2.bias": (c,)})  # fmt: skip
+        shapes.update({f"{prefix}norm{i}.weight": (c,), f"{prefix}norm{i}.bias": (c,)})
+    return shapes
+
+
+def test_mmseg_upernet_convnext_layout_maps_every_tensor():
+    widths = [40, 80, 160, 320]
+    state = random_state({**mmpretrain_convnext("backbone.", widths), **mmseg_uper_head("decode_head", widths, CH),
+                          **mmseg_fcn_head("auxiliary_head", widths[2], 8, 1, False)})  # fmt: skip
+    model = segcls_model(UPERNET_CONVNEXT_ATTO)
+    conversion = convert_state_dict(state, model, "mmseg")
+    assert conversion.layout == "mmseg" and conversion.unused == []
+    assert set(conversion.tensors) == set(model.state_dict())
+    names = model.backbone.full_to_features_names()
+    fc2 = conversion.tensors["backbone.model." + names["stages.2.blocks.5.mlp.fc2.weight"]]
+    assert fc2.shape == (160, 640, 1, 1) and torch.equal(fc2.flatten(1), state["backbone.stages.2.5.pointwise_conv2.weight"])
+    assert torch.equal(conversion.tensors["backbone.model." + names["stages.3.downsample.1.weight"]],
+                       state["backbone.downsample_layers.3.1.weight"])  # fmt: skip
+    del state["backbone.norm2.bias"]
+    with pytest.raises(ConversionError, match=r"unmapped.*backbone\.out_norms\.res4\.bias"):
+        convert_state_dict(state, model, "mmseg")
 
 
 def test_patch_merging_unfold_order_to_timm_order():

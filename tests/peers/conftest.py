@@ -1,6 +1,6 @@
 """
-The optional parity suite (``pytest -m peers``): segcls against the real mmsegmentation / HF
-modules. The peers are not dependencies of segcls; install them apart (requirements-peers.txt,
+The optional parity suite (``pytest -m peers``): segcls against the real mmsegmentation,
+mmpretrain and HF modules. The peers are not dependencies of segcls; install them apart (requirements-peers.txt,
 README "Parity with mmsegmentation, torchvision and HF") and put them on PYTHONPATH. Without
 them every test here is skipped with the reason.
 
@@ -50,3 +50,17 @@ def mmseg(tmp_path_factory):
 @pytest.fixture(scope="session")
 def transformers():
     return pytest.importorskip("transformers", reason="transformers is not installed (see requirements-peers.txt)")
+
+
+@pytest.fixture(scope="session")
+def mmpretrain(mmseg):
+    """The ``mmpretrain`` package (the ``mmpretrain.ConvNeXt`` backbone of mmseg's UPerNet-ConvNeXt
+    configs), importable with the ``mmcv._ext`` stand-in; skips if absent. Its multimodal models
+    need transformers 4.x: they stay unregistered (``WITH_MULTIMODAL`` False, mmpretrain's own
+    fallback when their dependencies are missing); no compared module is one of them."""
+    reason = "mmpretrain 1.2.0 or its dependencies are not installed (see requirements-peers.txt)"
+    pytest.importorskip("mmpretrain", reason=reason)
+    import mmpretrain.utils.dependency
+
+    mmpretrain.utils.dependency.WITH_MULTIMODAL = False
+    return pytest.importorskip("mmpretrain.models", reason=reason)

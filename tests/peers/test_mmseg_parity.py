@@ -203,3 +203,43 @@ def test_mmseg_upernet_swin_equals_segcls_after_conversion(mmseg):
         K,
     )  # fmt: skip
     assert_equal_after_conversion(peer, model, lambda x: peer.decode_head(peer.backbone(x)))
+
+
+def mmseg_upernet_convnext(mmpretrain, dtype=torch.float64):
+    """mmseg's UPerNet-ConvNeXt as its configs build it (``mmpretrain.ConvNeXt``, ``out_indices``
+    0..3, ``gap_before_final_norm=False``), arch "atto", with a UPerHead and an FCN auxiliary head
+    on stage 3; random weights, eval mode."""
+    from mmseg.models import decode_heads
+
+    peer = torch.nn.Module()
+    peer.backbone = mmpretrain.backbones.ConvNeXt(arch="atto", out_indices=[0, 1, 2, 3], gap_before_final_norm=False)
+    peer.decode_head = decode_heads.UPerHead(in_channels=[40, 80, 160, 320], in_index=(0, 1, 2, 3), channels=CH,
+                                             pool_scales=(1, 2, 3, 6), num_classes=K, norm_cfg=BN)  # fmt: skip
+    peer.auxiliary_head = decode_heads.FCNHead(in_channels=160, in_index=2, channels=8, num_convs=1,
+                                               concat_input=False, num_classes=K, norm_cfg=BN)  # fmt: skip
+    return randomize(peer).to(dtype).eval()
+
+
+def test_mmseg_upernet_convnext_equals_segcls_after_conversion(mmseg, mmpretrain):
+    """mmseg's UPerNet-ConvNeXt -> segcls's timm ``convnext_atto`` with MODEL.TIMM.OUT_NORM (mmpretrain's
+    norm0..3, LayerNorm2d of eps 1e-6 like every other norm of both), UPerHead and FCN aux head."""
+    from helpers import load_script
+
+    peer = mmseg_upernet_convnext(mmpretrain)
+    model = float64_segmentor(load_script("tests/modeling/test_converters.py").UPERNET_CONVNEXT_ATTO, K)
+    x = assert_equal_after_conversion(peer, model, lambda x: peer.decode_head(peer.backbone(x)))
+    with torch.no_grad():
+        expected_aux = peer.auxiliary_head(peer.backbone(x))
+        got_aux = model.aux_classifier(model.aux_head(model.backbone(x)).pixel_feature).logits
+    torch.testing.assert_close(got_aux, expected_aux, rtol=0, atol=1e-10 * expected_aux.abs().max())
+
+
+def test_normal_suite_upernet_convnext_layout_is_the_real_module(mmseg, mmpretrain):
+    from helpers import load_script
+
+    layouts = load_script("tests/modeling/test_converters.py")
+    widths = [40, 80, 160, 320]
+    expected = {**layouts.mmpretrain_convnext("backbone.", widths), **layouts.mmseg_uper_head("decode_head", widths, CH),
+                **layouts.mmseg_fcn_head("auxiliary_head", widths[2], 8, 1, False)}  # fmt: skip
+    peer = mmseg_upernet_convnext(mmpretrain, torch.float32)
+    assert {k: tuple(v.shape) for k, v in peer.state_dict().items()} == expected
