@@ -301,6 +301,46 @@ def test_aam_offsets_at_init_equal_a_plain_convolution():
     assert aam.offset.weight.grad.abs().sum() > 0
 
 
+def _unsaturated_fraction(csflm, a, labels, delta=10.0):
+    """Fraction of the (class k, pixel) scores 2 exp(-||b - s_k||^2 exp(delta m_k)) - 1 of one
+    image that are not saturated at +-1 (|score| < 0.99), i.e. where the Lovasz hinge has a gradient."""
+    b, c = csflm(a)
+    emb, mar = b[0].flatten(1).t(), c[0, 0].flatten()
+    classes, onehot, centers, margins = class_statistics(emb, mar, labels.flatten())
+    scores = 2 * torch.exp(-(emb[None] - centers[:, None]).pow(2).sum(-1) * (delta * margins).exp()[:, None]) - 1
+    return (scores.abs() < 0.99).float().mean().item()
+
+
+def test_csflm_default_init_starts_where_the_consistency_loss_has_a_gradient():
+    """MODEL.CSFRN.INIT "small": margins start at 0 (exp(delta m) = 1) and the embedding distances
+    at O(0.1-1), so the scores are not saturated and L_cac moves B and Cmap. "msra" (He init: Cmap
+    weight std sqrt(2) over 128 inputs) starts with margins of +-10 and more: nearly every score is
+    saturated at +-1 and the gradient of L_cac w.r.t. Cmap is orders of magnitude smaller."""
+    from segcls.modeling.csfrn.head import CSFLM
+
+    a = torch.relu(torch.randn(1, 64, 8, 8, generator=torch.Generator().manual_seed(0)))
+    labels = torch.randint(0, 3, (1, 8, 8), generator=torch.Generator().manual_seed(1))
+    grads = {}
+    for init in ("small", "msra"):
+        torch.manual_seed(0)
+        csflm = CSFLM(64, 128, 32, "BN", init=init).train()
+        frac = _unsaturated_fraction(csflm, a, labels)
+        if init == "small":
+            assert frac > 0.9
+            b, c = csflm(a)
+            assert c.abs().max() == 0
+        else:
+            assert frac < 0.2
+        b, c = csflm(a)
+        cac, _ = class_aware_consistency_loss(b, c, labels)
+        cac.backward()
+        grads[init] = csflm.margin.weight.grad.norm().item()
+        assert math.isfinite(grads[init])
+    assert grads["small"] > 1e-3 and grads["small"] > 100 * grads["msra"]
+    with pytest.raises(ValueError, match="MODEL.CSFRN.INIT='he'"):
+        CSFLM(64, 8, 4, init="he")
+
+
 CSFRN = ["MODEL.DECODE_HEAD.NAME", "CSFRNHead", "MODEL.CSFRN.MID_CHANNELS", "8", "MODEL.CSFRN.EMBED_DIM", "4"]
 HEADS = {
     "FCNHead": [],

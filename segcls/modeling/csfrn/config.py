@@ -21,6 +21,11 @@ def add_csfrn_config(cfg):
     cfg.MODEL.CSFRN.MID_CHANNELS = 128
     cfg.MODEL.CSFRN.EMBED_DIM = 32
     cfg.MODEL.CSFRN.NORM = "BN"
+    # Initialisation of B and Cmap (not given in the paper; segcls.modeling.csfrn.head.CSFLM):
+    # "small" = B's conv N(0, 0.01^2), Cmap's weight and bias 0 (margins start at 0); "msra" = He
+    # init on both (segcls before this key: the margins start saturated and the consistency loss
+    # does not train).
+    cfg.MODEL.CSFRN.INIT = "small"
     # Binary loss of the Class-Aware Consistency loss (Eq. 4): "lovasz" (the Lovasz hinge, default)
     # or "bce" (Table 4's CAC(BCE); phi clamped to [BCE_EPS, 1 - BCE_EPS]).
     cfg.MODEL.CSFRN.LOSS_TYPE = "lovasz"

@@ -42,18 +42,43 @@ from .loss import LOSS_TYPES, class_aware_consistency_loss
 HEAD_FEATURE = "head"
 
 
-class CSFLM(nn.Module):
-    """Consistent-Separable Feature Learning Module: A (N, C_in, h, w) -> B (N, C', h, w) and, if
-    ``with_margins`` and asked for, Cmap (N, 1, h, w)."""
+INITS = ("small", "msra")
 
-    def __init__(self, in_channels: int, mid_channels: int = 128, embed_dim: int = 32, norm: str = "BN", with_margins: bool = True):
+
+class CSFLM(nn.Module):
+    """
+    Consistent-Separable Feature Learning Module: A (N, C_in, h, w) -> B (N, C', h, w) and, if
+    ``with_margins`` and asked for, Cmap (N, 1, h, w).
+
+    ``init`` (``MODEL.CSFRN.INIT``; the paper does not say, no code was released): "small"
+    (default) draws B's 1x1 conv from N(0, 0.01^2) and zeroes Cmap's weight and bias, so training
+    starts with ``||b - s_k||^2`` of order 0.1-1 and ``exp(delta * m_k) = 1`` (the "w/o margins"
+    kernel), inside the range where the consistency loss has a gradient. "msra" (He init, fan
+    out, on both; segcls before this key) gives Cmap a weight std of sqrt(2) over 128 inputs:
+    margins of +-10-50 at init, ``exp(10 m)`` of 0 or inf, so the scores start saturated at +-1,
+    the Lovasz hinge and the smooth loss drive the margins negative and the consistency loss stays
+    at its constant degenerate value (all scores 1) with no gradient, measured on the embedded
+    benchmark.
+    """
+
+    def __init__(self, in_channels: int, mid_channels: int = 128, embed_dim: int = 32, norm: str = "BN",
+                 with_margins: bool = True, init: str = "small"):  # fmt: skip
         super().__init__()
+        if init not in INITS:
+            raise ValueError(f"MODEL.CSFRN.INIT={init!r}: expected one of {INITS}")
         self.trunk = conv_norm_act(in_channels, mid_channels, 3, norm)
         self.embed = nn.Conv2d(mid_channels, embed_dim, 1)
         self.margin = nn.Conv2d(mid_channels, 1, 1) if with_margins else None
-        for conv in (self.embed, self.margin):
-            if conv is not None:
-                weight_init.c2_msra_fill(conv)
+        if init == "small":
+            nn.init.normal_(self.embed.weight, std=0.01)
+            nn.init.zeros_(self.embed.bias)
+            if self.margin is not None:
+                nn.init.zeros_(self.margin.weight)
+                nn.init.zeros_(self.margin.bias)
+        else:
+            for conv in (self.embed, self.margin):
+                if conv is not None:
+                    weight_init.c2_msra_fill(conv)
 
     def forward(self, a: torch.Tensor, margins: bool = True):
         hidden = self.trunk(a)
@@ -113,6 +138,7 @@ class CSFRNHead(nn.Module):
         mid_channels: int = 128,
         embed_dim: int = 32,
         norm: str = "BN",
+        init: str = "small",
         aam: bool = True,
         aam_norm: str = "BN",
         loss_type: str = "lovasz",
@@ -131,7 +157,7 @@ class CSFRNHead(nn.Module):
             raise ValueError(f"MODEL.CSFRN.LOSS_TYPE={loss_type!r}: expected one of {LOSS_TYPES}")
         self.base_head = base_head
         self.in_feature = in_feature
-        self.csflm = CSFLM(in_channels, mid_channels, embed_dim, norm, with_margins=use_margins)
+        self.csflm = CSFLM(in_channels, mid_channels, embed_dim, norm, with_margins=use_margins, init=init)
         y_channels = base_head.out_channels
         self.aam = AAM(embed_dim, y_channels, aam_norm) if aam else None
         self.out_channels = y_channels if aam else y_channels + embed_dim
@@ -169,6 +195,7 @@ class CSFRNHead(nn.Module):
             "mid_channels": node.MID_CHANNELS,
             "embed_dim": node.EMBED_DIM,
             "norm": node.NORM,
+            "init": node.INIT,
             "aam": node.AAM.ENABLED,
             "aam_norm": node.AAM.NORM,
             "loss_type": node.LOSS_TYPE,
