@@ -10,7 +10,10 @@ VENV ?= .venv
 CONSTRAINTS ?= constraints.txt
 VENV_PY := $(VENV)/bin/python
 STAMP := $(VENV)/.segcls-setup-done
-DEMO_CONFIG ?= configs/synthetic_context/fcn_r18_demo.yaml
+# The demo trains on the fast path (bf16 autocast + channels-last; same accuracy or better over 3
+# seeds, 1.7x less time: BENCHMARKS.md). On a CPU without native bf16 (no AMX / AVX-512 BF16, see
+# `python -m segcls.collect_env`) use the float32 demo: make demo DEMO_CONFIG=configs/synthetic_context/fcn_r18_demo.yaml
+DEMO_CONFIG ?= configs/synthetic_context/fcn_r18_demo_fast.yaml
 DEMO_OUTPUT ?= output/demo
 # `make benchmark` runs tools/benchmark.py $(BENCHMARK) $(BENCHMARK_ARGS), e.g. BENCHMARK=cac BENCHMARK_ARGS=--quick
 BENCHMARK ?= fcn

@@ -42,6 +42,9 @@ def summary_rows():
         ("torch", f"{torch.__version__} (CUDA available: {torch.cuda.is_available()})"),
     ]
     rows += [(name, _version(name)) for name in ("torchvision", "numpy", "PIL", "cv2", "fvcore", "timm")]
+    from segcls.modeling.precision import cpu_bf16_support
+
+    rows.append(("CPU bf16", cpu_bf16_support().split(": ", 1)[1]))
     return rows
 
 

@@ -30,27 +30,12 @@ import torch
 from torch.nn import functional as F
 
 from . import CONFIGS, argument_parser
+from ..modeling.precision import cpu_bf16_support
 from .measure import interleaved, proc_status_bytes, reset_peak_rss, run_python, timed, write_json
 
 FAST = ["SOLVER.AMP.ENABLED", "True", "TEST.AMP.ENABLED", "True", "MODEL.CHANNELS_LAST", "True"]
 COMPILE = ["MODEL.COMPILE.ENABLED", "True"]
 SECTIONS = ("models", "eval", "slide", "demo")
-
-
-def cpu_bf16_support() -> str:
-    """What this CPU offers for bfloat16 (AMX / AVX-512 BF16 tiles through oneDNN), in words."""
-    flags = set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    break
-    except OSError:
-        pass
-    found = [name for name in ("amx_bf16", "avx512_bf16", "avx512f") if name in flags]
-    native = "amx_bf16" in flags or "avx512_bf16" in flags
-    return f"CPU bf16 support: {', '.join(found) or 'none'} ({'native bf16 matmul' if native else 'bf16 is emulated: expect no speed-up'})"
 
 
 # ------------------------------------------------------------------------------------------------

@@ -24,6 +24,22 @@ PRECISIONS = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 _HALF = (torch.bfloat16, torch.float16)
 
 
+def cpu_bf16_support() -> str:
+    """What this CPU offers for bfloat16 (AMX / AVX-512 BF16 tiles through oneDNN), in words."""
+    flags = set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    break
+    except OSError:
+        pass
+    found = [name for name in ("amx_bf16", "avx512_bf16", "avx512f") if name in flags]
+    native = "amx_bf16" in flags or "avx512_bf16" in flags
+    return f"CPU bf16 support: {', '.join(found) or 'none'} ({'native bf16 matmul' if native else 'bf16 is emulated: expect no speed-up'})"
+
+
 def add_fast_path_config(cfg):
     """The fast-path keys (called from :func:`segcls.config.add_segcls_config`)."""
     # Mixed-precision training (detectron2's key, extended): the meta-architecture runs its forward
