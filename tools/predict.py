@@ -43,6 +43,7 @@ import segcls  # noqa: F401  (registers datasets and modules)
 from segcls.data import ImageReadError
 from segcls.engine import SemSegPredictor, load_config
 from segcls.engine.visualization import input_image_rgb
+from segcls.evaluation import predicted_labels
 from segcls.utils.io import atomic_path, atomic_save_image, atomic_save_label_png, atomic_write
 from segcls.utils.visualization import drawing_metadata, segmentation_panel
 
@@ -175,7 +176,7 @@ def draw(image_rgb, pred, metadata, args):
 
 
 def write_image_outputs(predictor, inp, scores, metadata, args):
-    pred = scores.argmax(dim=0).numpy()
+    pred = predicted_labels(scores).numpy()
     paths = output_paths(args.output, inp["output_name"], args, is_video=False)
     atomic_save_label_png(pred, paths[0], palette=metadata.stuff_colors)
     if args.overlay != "none":
@@ -205,7 +206,7 @@ def predict_video(predictor, path, name, metadata, args):
                     break
                 inputs = [predictor.inputs(frame, image_format="BGR") for frame in frames]
                 for frame, out in zip(frames, predict_grouped(predictor, inputs)):
-                    drawn = draw(np.ascontiguousarray(frame[..., ::-1]), out["sem_seg"].argmax(dim=0).numpy(), metadata, args)
+                    drawn = draw(np.ascontiguousarray(frame[..., ::-1]), predicted_labels(out["sem_seg"]).numpy(), metadata, args)
                     if writer is None:
                         writer = cv2.VideoWriter(tmp, cv2.VideoWriter_fourcc(*"mp4v"), fps, drawn.shape[1::-1])
                     writer.write(np.ascontiguousarray(drawn[..., ::-1]))

@@ -26,6 +26,7 @@ from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 
 from ..data import build_mapper
+from ..evaluation import predicted_labels
 from ..utils.visualization import segmentation_panel
 from .ema import unwrap_model
 
@@ -44,7 +45,7 @@ def input_image_rgb(inp, image_format, size):
 def prediction_panel(inp, output, metadata, image_format="RGB"):
     """(3, h, w) CHW float panel in [0, 1] of a model input (mapper dict) and its model output
     (``{"sem_seg": (K, H, W)}``), for ``put_image``; the image is resized to the output size."""
-    pred = output["sem_seg"].argmax(dim=0).cpu().numpy()
+    pred = predicted_labels(output["sem_seg"]).cpu().numpy()
     image = input_image_rgb(inp, image_format, pred.shape)
     labels = [inp["sem_seg"].cpu().numpy(), pred] if "sem_seg" in inp else [pred]
     panel = segmentation_panel(image, labels, metadata.stuff_classes, getattr(metadata, "stuff_colors", None),

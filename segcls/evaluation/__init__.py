@@ -5,6 +5,7 @@ from .sem_seg import (
     SemSegEvaluatorWithTable,
     build_evaluator,
     confused_pairs,
+    predicted_labels,
     write_confusion_outputs,
 )
 from .cityscapes import OfficialCityscapesSemSegEvaluator

@@ -13,7 +13,7 @@ from detectron2.evaluation import SemSegEvaluator
 from helpers import register_dirs, write_tiny_dataset
 from PIL import Image
 
-from segcls.evaluation import FastSemSegEvaluator, confused_pairs, write_confusion_outputs
+from segcls.evaluation import FastSemSegEvaluator, confused_pairs, predicted_labels, write_confusion_outputs
 
 K = 5
 
@@ -107,6 +107,19 @@ def test_bad_ground_truth_value_names_the_file(dataset):
     evaluator.reset()
     with pytest.raises(ValueError, match=r"\.png: label values \[2, 3\] are neither classes in \[0, 2\)"):
         evaluator.process(inputs[:1], [{"sem_seg": outputs[0]["sem_seg"][:2]}])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_predicted_labels_equal_argmax_with_ties_and_nan(dtype):
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randint(0, 3, (40, 24, 31), generator=g).to(dtype)  # many tied maxima
+    scores[5, :4, :4] = float("nan")
+    scores[9, 2:8, 2:8] = float("nan")  # two NaNs in some pixels: the first one wins
+    scores[:, 10, :] = 1.0  # a whole row tied across every class
+    labels = predicted_labels(scores)
+    assert labels.dtype == torch.int64 and labels.shape == (24, 31)
+    assert torch.equal(labels, scores.argmax(dim=0))
+    assert labels[0, 0] == 5 and labels[3, 3] == 5 and labels[6, 6] == 9 and (labels[10] == 0).all()
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
