@@ -152,3 +152,32 @@ def test_cuda_amp_training_losses_match_float32(precision):
     for name in ref:
         assert abs(fast[name] - ref[name]) <= REL_TOL * abs(ref[name]) + ABS_TOL, (name, fast[name], ref[name])
     assert all(torch.isfinite(g).all() for g in grads)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("size", [(16, 16), (7, 13)])
+def test_global_average_pooling_equals_adaptive_pooling_bitwise(dtype, size):
+    from torch.nn import functional as F
+
+    from segcls.modeling.layers import adaptive_avg_pool2d
+
+    x = torch.randn(2, 40, *size, generator=torch.Generator().manual_seed(0)).to(dtype)
+    for layout in (x, x.contiguous(memory_format=torch.channels_last)):
+        for output_size in (1, (1, 1), 3):
+            assert torch.equal(adaptive_avg_pool2d(layout, output_size), F.adaptive_avg_pool2d(layout, output_size))
+
+
+@pytest.mark.parametrize("head", ["ASPPHead", "PSPHead"])
+def test_pooling_branches_keep_channels_last(head):
+    """The image-pooling / pyramid branches are concatenated with the features: channels-last in,
+    channels-last concatenation out (no contiguous fallback), the same numbers as contiguous."""
+    from segcls.modeling.heads.blocks import ImagePooling, PyramidPooling
+
+    torch.manual_seed(0)
+    block = (ImagePooling(8, 4) if head == "ASPPHead" else PyramidPooling(8, 4, [1, 2, 3])).eval()
+    x = torch.randn(2, 8, 9, 11)
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+    out, out_cl = block(x), block.to(memory_format=torch.channels_last)(x_cl)
+    joined = torch.cat([x_cl, out_cl], dim=1)
+    assert joined.is_contiguous(memory_format=torch.channels_last) and not joined.is_contiguous()
+    torch.testing.assert_close(out_cl, out, rtol=1e-6, atol=1e-6)

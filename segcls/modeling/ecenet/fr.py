@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..layers import conv_norm_act
+from ..layers import adaptive_avg_pool2d, conv_norm_act
 from ..precision import float32
 
 SE_GATES = {"sigmoid": torch.sigmoid, "hard_sigmoid": F.hardsigmoid, "none": lambda z: z}
@@ -69,7 +69,7 @@ class SqueezeExcitation(nn.Module):
         self.gate = SE_GATES[gate]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        s = F.adaptive_avg_pool2d(x, 1)
+        s = adaptive_avg_pool2d(x, 1)
         return x * self.gate(self.expand(F.relu(self.reduce(s))))
 
 

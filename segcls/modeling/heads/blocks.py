@@ -14,9 +14,8 @@ from typing import Sequence
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
-from ..layers import conv_norm_act, resize
+from ..layers import adaptive_avg_pool2d, conv_norm_act, match_memory_format, resize
 
 
 def separable_conv_norm_act(in_channels, out_channels, kernel_size=3, norm="BN", dilation=1):
@@ -46,8 +45,8 @@ class ImagePooling(nn.Module):
         self.conv = conv_norm_act(in_channels, out_channels, 1, norm)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pooled = self.conv(F.adaptive_avg_pool2d(x, 1))
-        return pooled.expand(-1, -1, x.shape[2], x.shape[3])
+        pooled = self.conv(adaptive_avg_pool2d(x, 1))
+        return match_memory_format(pooled.expand(-1, -1, x.shape[2], x.shape[3]), x)
 
 
 class PyramidPooling(nn.Module):
@@ -74,5 +73,5 @@ class PyramidPooling(nn.Module):
         size = x.shape[-2:]
         outs = [x]
         for b, branch in zip(self.bins, self.branches):
-            outs.append(resize(branch(F.adaptive_avg_pool2d(x, b)), size, self.align_corners))
+            outs.append(match_memory_format(resize(branch(adaptive_avg_pool2d(x, b)), size, self.align_corners), x))
         return torch.cat(outs, dim=1)

@@ -113,10 +113,10 @@ class SemSegInference:
             scores = [self.slide(logits_fn, image) for image in images]
         results = []
         for score, inp in zip(scores, batched_inputs):
-            size = score.shape[-2:]
-            results.append(
-                {"sem_seg": sem_seg_postprocess(score, size, inp.get("height", size[0]), inp.get("width", size[1]))}
-            )
+            size = tuple(score.shape[-2:])
+            out_size = (inp.get("height", size[0]), inp.get("width", size[1]))
+            # detectron2's resize to the requested size; skipped (a full-resolution copy) when it is the same
+            results.append({"sem_seg": score if out_size == size else sem_seg_postprocess(score, size, *out_size)})
         return results
 
     def whole(self, logits_fn: LogitsFn, images: List[torch.Tensor]) -> List[torch.Tensor]:
