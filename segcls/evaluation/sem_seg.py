@@ -66,9 +66,10 @@ class FastSemSegEvaluator(SemSegEvaluatorWithTable):
     ``SemSegEvaluator``'s metrics, keys and table, computed fast:
 
     - per image, the ``argmax`` (:func:`predicted_labels`) and the counts of
-      ``(K + 1) * pred + gt`` (:func:`confusion_counts`) run on the device of the model's output (ground truth read from ``sem_seg_file_name`` as
-      detectron2 does, ignore label mapped to K); the (K + 1, K + 1) int64 matrix (rows prediction,
-      columns ground truth, detectron2's layout) is accumulated there;
+      ``(K + 1) * pred + gt`` (:func:`confusion_counts`) run on the device of the model's output
+      (ground truth read from ``sem_seg_file_name`` as detectron2 does, ignore label mapped to K);
+      the (K + 1, K + 1) int64 matrix (rows prediction, columns ground truth, detectron2's layout)
+      is accumulated there;
     - under DDP only that matrix is all-reduced (no per-image data is gathered);
     - detectron2's per-prediction RLE JSON (``sem_seg_predictions.json``) only with
       ``predictions_json`` (``TEST.PREDICTIONS_JSON``), then gathered to rank 0 as detectron2 does;
